@@ -1,0 +1,179 @@
+"""The `llmtune` command line: one thin function per subcommand; each parses, then calls a stage.
+
+Imports of torch/transformers happen inside the functions, so `llmtune --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from contextlib import contextmanager
+
+import typer
+
+from llmtune import __version__
+
+app = typer.Typer(
+    name="llmtune",
+    help="Train language models from YAML recipes: pretrain (more commands arrive as they are built).",
+    epilog="Examples:\n\n"
+    "  llmtune pretrain --recipe recipes/pretrain/smollm2-135m-continued-lora.yaml\n\n"
+    "  llmtune pretrain --recipe recipes/pretrain/gpt2-124m-the-verdict.yaml --print-config\n\n"
+    "  llmtune fetch smollm2-135m-instruct",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+RecipeOption = typer.Option(..., "--recipe", "-r", help="YAML recipe file.", show_default=False)
+SetOption = typer.Option(
+    None,
+    "--set",
+    "-s",
+    help="Override a recipe value: section.key=value (value read as YAML). Repeatable.",
+    show_default=False,
+)
+PrintConfigOption = typer.Option(
+    False, "--print-config", help="Print the resolved recipe (defaults filled in) and exit."
+)
+OverwriteOption = typer.Option(
+    False, "--overwrite", help="Replace the contents of a non-empty train.output_dir."
+)
+ResumeOption = typer.Option(
+    False, "--resume", help="Continue the run in train.output_dir from its newest complete checkpoint."
+)
+DebugOption = typer.Option(False, "--debug", help="Show Python tracebacks (also: LLMTUNE_DEBUG=1).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmtune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    pass
+
+
+@contextmanager
+def user_errors(debug: bool):
+    """Print an LlmtuneError as one paragraph and exit 2; keep tracebacks for --debug."""
+    from llmtune.errors import EXIT_USER_ERROR, LlmtuneError
+
+    debug = debug or os.environ.get("LLMTUNE_DEBUG", "") not in ("", "0")
+    _configure_logging()
+    try:
+        yield
+    except LlmtuneError as exc:
+        if debug:
+            raise
+        typer.echo(f"llmtune: error: {exc.render()}", err=True)
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        typer.echo("llmtune: interrupted.", err=True)
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        typer.echo(
+            f"llmtune: unexpected {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}\n"
+            "This is a failure inside llmtune or a library, not a recipe problem. Rerun with --debug for the "
+            "traceback (a run folder also has it in run.log).",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (test runners swap it between invocations)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("llmtune")
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        handler = _ConsoleHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _load(recipe: str, recipe_class_name: str, overrides: list[str] | None):
+    from llmtune import recipe as recipes
+
+    loaded = recipes.load_recipe(recipe, getattr(recipes, recipe_class_name), overrides or [])
+    for note in loaded.notes:
+        logging.getLogger("llmtune").warning("note: %s", note)
+    return loaded
+
+
+@app.command(
+    help="Continued pretraining (full, LoRA, DoRA) or pretraining from scratch on raw text.",
+    epilog="Example: llmtune pretrain --recipe recipes/pretrain/smollm2-135m-continued-lora.yaml --set train.max_steps=5",
+)
+def pretrain(
+    recipe: str = RecipeOption,
+    set_: list[str] = SetOption,
+    print_config: bool = PrintConfigOption,
+    overwrite: bool = OverwriteOption,
+    resume: bool = ResumeOption,
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        loaded = _load(recipe, "PretrainRecipe", set_)
+        if print_config:
+            typer.echo(loaded.to_yaml(), nl=False)
+            return
+        from llmtune.stages import pretrain as stage
+
+        stage.run(loaded, overwrite=overwrite, resume=resume)
+
+
+@app.command(
+    help="Download a hub model into the local cache, or convert a demo model, so later runs work offline.",
+    epilog="Example: llmtune fetch smollm2-135m-instruct  |  llmtune fetch bigscience/bloomz-560m --hub modelscope",
+)
+def fetch(
+    name: str = typer.Argument(..., help="Demo alias, HuggingFace id or ModelScope id."),
+    hub: str = typer.Option("auto", "--hub", help="auto ($LLMTUNE_HUB or HuggingFace), hf or modelscope."),
+    revision: str = typer.Option(None, "--revision", help="Branch, tag or commit on the hub."),
+    gguf_file: str = typer.Option(
+        None, "--gguf-file", help="Fetch only this GGUF file (and the tokenizer files)."
+    ),
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        from llmtune.errors import LlmtuneError
+        from llmtune.hub import resolve_model
+
+        if hub not in ("auto", "hf", "modelscope"):
+            raise LlmtuneError(f"--hub {hub!r}: expected auto, hf or modelscope.")
+        resolved = resolve_model(name, hub=hub, revision=revision, gguf_file=gguf_file)
+        typer.echo(f"{name}: {resolved.path} ({resolved.source})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

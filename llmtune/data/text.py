@@ -1,0 +1,364 @@
+"""Raw text for pretraining: read → clean → split → tokenise → pack into blocks (cached).
+
+    documents  files, folders or globs of .txt (a document per line, paragraph or file) and .jsonl/.json
+    cleaning   optional unicode normalisation, whitespace collapse, exact de-duplication, length filters;
+               each step reports how many documents it changed or removed
+    split      validation from separate files, or a seeded share of documents, or the last share of the
+               characters (the LLMs-from-scratch split)
+    packing    documents tokenised in batches and joined with EOS into one stream, cut into `block_size`
+               blocks (MedicalGPT / LLaMA-Factory style), optionally with a sliding `stride`
+
+The tokenised blocks are cached under $LLMTUNE_HOME/cache/text keyed on the data content, the tokenizer,
+and every option that changes the result, so a second run with the same inputs starts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import shutil
+import time
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from llmtune.data.sources import (
+    BadRows,
+    expand_sources,
+    file_sha256,
+    iter_json_rows,
+    read_text_file,
+    report_bad_row,
+)
+from llmtune.errors import LlmtuneError
+
+if TYPE_CHECKING:
+    from datasets import DatasetDict
+
+    from llmtune.recipe import CleaningSection, TextDataSection
+
+log = logging.getLogger("llmtune")
+
+CACHE_FORMAT = 1  # bump when the cached layout or the packing rule changes
+TOKENIZE_BATCH = 1000
+
+
+@dataclass
+class TextDataReport:
+    """What happened to the data, for the console, the run folder and the manifest."""
+
+    files: dict[str, str] = field(default_factory=dict)  # path → sha256
+    documents_read: int = 0
+    skipped_rows: dict[str, int] = field(default_factory=dict)  # reason → count
+    skipped_examples: dict[str, str] = field(default_factory=dict)  # reason → first location
+    empty_documents: int = 0
+    cleaning: list[dict] = field(default_factory=list)  # {"step", "changed" | "removed"}
+    split: str = ""
+    documents: dict[str, int] = field(default_factory=dict)  # split → count
+    tokens: dict[str, int] = field(default_factory=dict)
+    blocks: dict[str, int] = field(default_factory=dict)
+    dropped_tail_tokens: dict[str, int] = field(default_factory=dict)
+    block_size: int = 0
+    stride: int = 0
+    tokenize_seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    cache_key: str = ""
+    from_cache: bool = False
+
+    def lines(self) -> list[str]:
+        out = [
+            f"data: {len(self.files)} file(s), {self.documents_read:,} documents read"
+            + (" (tokenised blocks from cache)" if self.from_cache else "")
+        ]
+        if self.empty_documents:
+            out.append(f"  empty documents skipped: {self.empty_documents:,}")
+        for reason, count in self.skipped_rows.items():
+            out.append(
+                f"  bad rows skipped ({reason}): {count:,}, first at {self.skipped_examples.get(reason, '?')}"
+            )
+        for step in self.cleaning:
+            verb = "changed" if "changed" in step else "removed"
+            out.append(f"  clean {step['step']}: {step[verb]:,} documents {verb}")
+        out.append(f"  split: {self.split}")
+        for name in self.tokens:
+            dropped = self.dropped_tail_tokens.get(name, 0)
+            out.append(
+                f"  {name}: {self.documents.get(name, 0):,} documents, {self.tokens[name]:,} tokens → "
+                f"{self.blocks.get(name, 0):,} blocks of {self.block_size}"
+                + (f" (stride {self.stride})" if self.stride != self.block_size else "")
+                + (f", last {dropped:,} tokens dropped (less than a block)" if dropped else "")
+            )
+        if not self.from_cache and self.tokens_per_second:
+            out.append(f"  tokenised + packed at {self.tokens_per_second:,.0f} tokens/s")
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------ reading
+def read_documents(
+    files: list[Path], data: TextDataSection, bad: BadRows, report: TextDataReport
+) -> list[str]:
+    docs: list[str] = []
+    for path in files:
+        if path.suffix == ".txt":
+            docs.extend(split_txt(read_text_file(path), data.txt_document))
+            continue
+        for where, row in iter_json_rows(path, data.on_bad_rows, bad):
+            value = row.get(data.text_field)
+            if not isinstance(value, str):
+                problem = "missing text field" if value is None else "text field is not a string"
+                report_bad_row(
+                    where,
+                    f"{problem} '{data.text_field}' (keys: {', '.join(list(row)[:8])})",
+                    data.on_bad_rows,
+                    bad,
+                )
+                continue
+            docs.append(value)
+    report.documents_read = len(docs)
+    kept = [d for d in docs if d.strip()]
+    report.empty_documents = len(docs) - len(kept)
+    return kept
+
+
+def split_txt(text: str, unit: str) -> list[str]:
+    """A .txt file as documents: one per line, per blank-line-separated paragraph, or the whole file."""
+    if unit == "file":
+        return [text]
+    if unit == "paragraph":
+        return [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    return [line for line in text.splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------------------ cleaning
+def clean_documents(docs: list[str], clean: CleaningSection) -> tuple[list[str], list[dict]]:
+    """Apply the cleaning steps in order; return the documents and what each step did."""
+    steps: list[dict] = []
+    if clean.unicode_normalization:
+        form = clean.unicode_normalization
+        new = [unicodedata.normalize(form, d) for d in docs]
+        steps.append(
+            {"step": f"unicode {form}", "changed": sum(a != b for a, b in zip(docs, new, strict=True))}
+        )
+        docs = new
+    if clean.collapse_whitespace:
+        new = [re.sub(r"[^\S\n]+", " ", re.sub(r"\n{3,}", "\n\n", d)).strip() for d in docs]
+        steps.append(
+            {"step": "collapse whitespace", "changed": sum(a != b for a, b in zip(docs, new, strict=True))}
+        )
+        docs = [d for d in new if d]
+    if clean.min_chars or clean.max_chars:
+        upper = clean.max_chars or float("inf")
+        kept = [d for d in docs if clean.min_chars <= len(d) <= upper]
+        steps.append(
+            {
+                "step": f"length {clean.min_chars}..{clean.max_chars or '∞'} chars",
+                "removed": len(docs) - len(kept),
+            }
+        )
+        docs = kept
+    if clean.deduplicate:
+        kept = list(dict.fromkeys(docs))
+        steps.append({"step": "exact de-duplication", "removed": len(docs) - len(kept)})
+        docs = kept
+    return docs, steps
+
+
+# ------------------------------------------------------------------------------------------ split
+def split_documents(docs: list[str], share: float, by: str, seed: int) -> tuple[list[str], list[str]]:
+    """Hold out `share` for validation: whole documents at random (seeded), or the last characters."""
+    if share <= 0:
+        return docs, []
+    if by == "character":
+        total = sum(len(d) for d in docs)
+        cut = int((1 - share) * total)
+        train, val, seen = [], [], 0
+        for doc in docs:
+            if seen + len(doc) <= cut:
+                train.append(doc)
+            elif seen >= cut:
+                val.append(doc)
+            else:  # the document the cut falls in is split in two
+                train.append(doc[: cut - seen])
+                val.append(doc[cut - seen :])
+            seen += len(doc)
+        return [d for d in train if d], [d for d in val if d]
+    if len(docs) < 2:
+        raise LlmtuneError(
+            f"data.validation_split: only {len(docs)} document(s) to split; use data.split_by: character, "
+            "or give data.validation_files, or set data.txt_document: line."
+        )
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(docs) - 1, max(1, round(share * len(docs))))
+    held = set(order[:n_val])
+    return [d for i, d in enumerate(docs) if i not in held], [d for i, d in enumerate(docs) if i in held]
+
+
+# ------------------------------------------------------------------------------------------ tokens
+def tokenize_documents(docs: list[str], tokenizer, add_eos: bool, desc: str) -> np.ndarray:
+    """One stream of token ids: the documents in order, each followed by EOS when `add_eos`.
+
+    Calls the fast tokenizer on batches directly (its Rust core already uses every core); going through
+    `datasets.map` would add an Arrow round trip per batch for nothing, as the result is packed anyway.
+    """
+    from tqdm.auto import tqdm
+
+    eos = tokenizer.eos_token_id
+    if add_eos and eos is None:
+        raise LlmtuneError(
+            "data.add_eos is true but the tokenizer has no EOS token; set data.add_eos: false."
+        )
+    pieces: list[np.ndarray] = []
+    with tqdm(total=len(docs), desc=desc, unit="doc", disable=len(docs) < 2 * TOKENIZE_BATCH) as bar:
+        for start in range(0, len(docs), TOKENIZE_BATCH):
+            batch = docs[start : start + TOKENIZE_BATCH]
+            encoded = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
+            for ids in encoded:
+                pieces.append(np.asarray(ids, dtype=np.int32))
+                if add_eos:
+                    pieces.append(np.asarray([eos], dtype=np.int32))
+            bar.update(len(batch))
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+
+
+def pack_into_blocks(
+    ids: np.ndarray, block_size: int, stride: int | None = None, keep_short: bool = True
+) -> tuple[np.ndarray, int]:
+    """Cut a token stream into blocks of `block_size`, one starting every `stride` tokens.
+
+    Returns (blocks [n, block_size], tokens after the last block that no block covers). With
+    `keep_short`, a stream shorter than one block becomes a single shorter block, so that a small
+    validation text is not lost. Hand-written because neither datasets nor TRL's `pack_dataset`
+    offers a sliding stride.
+    """
+    stride = stride or block_size
+    if len(ids) < block_size:
+        if keep_short and len(ids) > 1:
+            return ids[None, :].copy(), 0
+        return np.zeros((0, block_size), dtype=ids.dtype), len(ids)
+    starts = np.arange(0, len(ids) - block_size + 1, stride)
+    blocks = np.stack([ids[s : s + block_size] for s in starts])
+    covered = int(starts[-1]) + block_size
+    return blocks, len(ids) - covered
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+def tokenizer_fingerprint(tokenizer) -> str:
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode("utf-8"))
+    else:
+        digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode("utf-8"))
+    digest.update(f"{tokenizer.eos_token_id}|{type(tokenizer).__name__}".encode())
+    return digest.hexdigest()
+
+
+def build_text_datasets(
+    data: TextDataSection, tokenizer, cache_root: Path, describe=None
+) -> tuple[DatasetDict, TextDataReport]:
+    """Train (and validation, when asked for) blocks of token ids, and the report of how they were made."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    train_files = expand_sources(data.train_files, "data.train_files", describe=describe)
+    val_files = (
+        expand_sources(data.validation_files, "data.validation_files", describe=describe)
+        if data.validation_files
+        else []
+    )
+    report = TextDataReport(block_size=data.block_size, stride=data.stride or data.block_size)
+    report.files = {str(p): file_sha256(p) for p in [*train_files, *val_files]}
+    options = data.model_dump(exclude={"train_files", "validation_files", "cache", "num_proc"})
+    key_source = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "train": [report.files[str(p)] for p in train_files],
+            "validation": [report.files[str(p)] for p in val_files],
+            "options": options,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+        },
+        sort_keys=True,
+    )
+    report.cache_key = hashlib.sha256(key_source.encode()).hexdigest()[:20]
+    cache_dir = cache_root / "text" / report.cache_key
+    if data.cache and (cache_dir / "report.json").exists():
+        cached = json.loads((cache_dir / "report.json").read_text())
+        cached.update(from_cache=True)
+        return load_from_disk(str(cache_dir / "blocks")), TextDataReport(**cached)
+
+    bad = BadRows()
+    train_docs = read_documents(train_files, data, bad, report)
+    train_docs, report.cleaning = clean_documents(train_docs, data.clean)
+    if val_files:
+        val_report = TextDataReport()
+        val_docs = read_documents(val_files, data, bad, val_report)
+        val_docs, _ = clean_documents(val_docs, data.clean)
+        report.documents_read += val_report.documents_read
+        report.empty_documents += val_report.empty_documents
+        report.split = f"validation from {len(val_files)} file(s)"
+    else:
+        train_docs, val_docs = split_documents(train_docs, data.validation_split, data.split_by, data.seed)
+        held = (
+            "characters (the last share)" if data.split_by == "character" else f"documents (seed {data.seed})"
+        )
+        report.split = (
+            f"{data.validation_split:.0%} of {held} held out"
+            if data.validation_split
+            else "no validation data"
+        )
+    report.skipped_rows = dict(bad.counts)
+    report.skipped_examples = dict(bad.examples)
+    if not train_docs:
+        raise LlmtuneError("data.train_files: no documents left to train on after reading and cleaning.")
+
+    start = time.perf_counter()
+    splits = {"train": train_docs} | ({"validation": val_docs} if val_docs else {})
+    blocks = {}
+    for name, docs in splits.items():
+        ids = tokenize_documents(docs, tokenizer, data.add_eos, desc=f"Tokenising {name}")
+        packed, dropped = pack_into_blocks(ids, data.block_size, data.stride, keep_short=name == "validation")
+        report.documents[name], report.tokens[name] = len(docs), int(len(ids))
+        report.blocks[name], report.dropped_tail_tokens[name] = len(packed), dropped
+        blocks[name] = packed
+    report.tokenize_seconds = time.perf_counter() - start
+    report.tokens_per_second = sum(report.tokens.values()) / max(report.tokenize_seconds, 1e-9)
+    if len(blocks["train"]) == 0:
+        raise LlmtuneError(
+            f"data: the training text has {report.tokens['train']} tokens, too few for one block; "
+            "add data or lower data.block_size."
+        )
+    dataset = DatasetDict({name: Dataset.from_dict({"input_ids": array}) for name, array in blocks.items()})
+    if data.cache:
+        _write_cache(dataset, report, cache_dir)
+    return dataset, report
+
+
+def _write_cache(dataset: DatasetDict, report: TextDataReport, cache_dir: Path) -> None:
+    staging = cache_dir.with_name(cache_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    dataset.save_to_disk(str(staging / "blocks"))
+    (staging / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    staging.rename(cache_dir)
+
+
+def collate_blocks(features: list[dict]) -> dict:
+    """Stack equal-length blocks; labels are the inputs (the model shifts them).
+
+    Not `DataCollatorForLanguageModeling`: it sets labels to -100 wherever input == pad_token_id, and
+    with pad = EOS (GPT-2, SmolLM2) that would silently drop every document boundary from the loss.
+    """
+    import torch
+
+    input_ids = torch.tensor(np.stack([np.asarray(f["input_ids"]) for f in features]), dtype=torch.long)
+    return {"input_ids": input_ids, "labels": input_ids.clone(), "attention_mask": torch.ones_like(input_ids)}

@@ -1,0 +1,166 @@
+"""`llmtune pretrain`: continued pretraining (full, LoRA or DoRA) or training from scratch.
+
+    llmtune pretrain --recipe recipes/pretrain/smollm2-135m-continued-lora.yaml
+    llmtune pretrain --recipe recipes/pretrain/gpt2-124m-the-verdict.yaml --set train.num_train_epochs=1
+
+Read top to bottom: run folder → tokenizer → data → model (+ adapter) → Trainer → outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from llmtune.adapters import apply_peft, describe_trainable
+from llmtune.data.text import build_text_datasets, collate_blocks
+from llmtune.errors import LlmtuneError
+from llmtune.hub import llmtune_home
+from llmtune.models import (
+    count_parameters,
+    load_causal_lm,
+    load_tokenizer,
+    max_positions,
+    resolve_dtype,
+    resolve_model_source,
+)
+from llmtune.outputs import (
+    MANIFEST,
+    check_run_dir,
+    file_log,
+    metrics_from_log_history,
+    new_manifest,
+    open_run_dir,
+    record_failure,
+    start_run_log,
+    stop_run_log,
+    write_json,
+)
+from llmtune.recipe import PretrainRecipe
+from llmtune.training import finish_run, resume_checkpoint, standard_callbacks, training_arguments
+
+log = logging.getLogger("llmtune")
+
+
+def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False) -> dict:
+    """Train as the recipe says and write the run folder; returns the results summary."""
+    import torch
+    from transformers import Trainer, set_seed
+
+    train_kwargs = recipe.train.trainer_kwargs()
+    resume = resume or train_kwargs.get("resume_from_checkpoint") not in (None, False)
+    run_dir = check_run_dir(recipe.train.output_dir, overwrite=overwrite, resume=resume)
+
+    # ---- inputs: tokenizer and data (before the run folder is touched, so bad input changes nothing)
+    resolved = resolve_model_source(recipe.model)
+    tokenizer = load_tokenizer(recipe.model, resolved)
+    datasets, report = build_text_datasets(
+        recipe.data, tokenizer, llmtune_home() / "cache", describe=recipe.describe_path
+    )
+    for line in report.lines():
+        log.info(line)
+
+    open_run_dir(run_dir, overwrite=overwrite, resume=resume)
+    handler = start_run_log(run_dir)
+    manifest = new_manifest("pretrain", recipe.source)
+    try:
+        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        write_json(run_dir / "data_report.json", report.to_dict())
+        for line in [*(f"note: {n}" for n in recipe.notes), *report.lines()]:
+            file_log.info(line)
+        manifest["data"] = {"files": report.files, "cache_key": report.cache_key, "tokens": report.tokens}
+        write_json(run_dir / MANIFEST, manifest)
+
+        # ---- model (+ adapter)
+        set_seed(train_kwargs.get("seed", 42))  # from-config weights and LoRA init depend on it
+        model = load_causal_lm(recipe.model, resolved, tokenizer)
+        positions = max_positions(model)
+        if positions is not None and recipe.data.block_size > positions:
+            raise LlmtuneError(
+                f"data.block_size ({recipe.data.block_size}) is longer than the model's {positions} positions; "
+                f"lower data.block_size to at most {positions}."
+            )
+        gradient_checkpointing = bool(train_kwargs.get("gradient_checkpointing"))
+        if gradient_checkpointing:
+            model.config.use_cache = False
+        model = apply_peft(model, recipe.peft, gradient_checkpointing=gradient_checkpointing)
+        trainable, total = count_parameters(model)
+        name = resolved.name if resolved else f"{recipe.model.from_config['architecture']} from config"
+        log.info(
+            "model: %s (%s), %s", name, str(model.dtype).removeprefix("torch."), describe_trainable(model)
+        )
+        manifest["model"] = {
+            "name": name,
+            "source": resolved.source if resolved else "from_config",
+            "path": str(resolved.path) if resolved else None,
+            "parameters": total,
+            "trainable_parameters": trainable,
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "peft": recipe.peft.method,
+        }
+
+        # ---- trainer
+        has_eval = "validation" in datasets
+        eval_dataset = datasets["validation"] if has_eval else None
+        stage_defaults = {}
+        if has_eval and recipe.data.eval_train_blocks:
+            train_blocks = datasets["train"].select(
+                range(min(recipe.data.eval_train_blocks, len(datasets["train"])))
+            )
+            eval_dataset = {"validation": eval_dataset, "train": train_blocks}
+            stage_defaults["metric_for_best_model"] = "eval_validation_loss"
+        args, use_tensorboard = training_arguments(
+            recipe,
+            run_dir,
+            has_eval=has_eval,
+            bf16_model=resolve_dtype(recipe.model.dtype) == torch.bfloat16,
+            stage_defaults=stage_defaults,
+        )
+        recorder, callbacks = standard_callbacks(
+            run_dir, use_tensorboard=use_tensorboard, early_stopping=recipe.early_stopping
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=datasets["train"],
+            eval_dataset=eval_dataset,
+            data_collator=collate_blocks,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+        train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, run_dir, resume))
+
+        # ---- outputs
+        results = {
+            "train_loss": train_output.training_loss,
+            "global_step": trainer.state.global_step,
+            "train_runtime_s": train_output.metrics.get("train_runtime"),
+            "train_tokens": trainer.state.num_input_tokens_seen,
+            # real (non-padding) tokens this session over its wall time, evaluations included
+            "train_tokens_per_second": recorder.tokens_per_second,
+        }
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        if losses:
+            results["first_logged_loss"], results["last_logged_loss"] = losses[0], losses[-1]
+        if has_eval:
+            evals = metrics_from_log_history(trainer.state.log_history)["eval"]
+            final = trainer.evaluate()
+            results["eval_loss"] = final.get("eval_loss", final.get("eval_validation_loss"))
+            results["eval_perplexity"] = math.exp(results["eval_loss"])
+            if "eval_train_loss" in final:
+                results["eval_train_loss"] = final["eval_train_loss"]
+            if evals:
+                results["eval_loss_first"] = evals[0]["eval_loss"]
+                results["eval_perplexity_first"] = math.exp(evals[0]["eval_loss"])
+        finish_run(trainer, run_dir, manifest, title=f"pretrain: {Path(recipe.source).name}", results=results)
+        log.info(
+            "done: %s",
+            ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()),
+        )
+        log.info("run folder: %s", run_dir)
+        return results
+    except BaseException as exc:
+        record_failure(run_dir, manifest, exc)
+        raise
+    finally:
+        stop_run_log(handler)

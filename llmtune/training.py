@@ -1,0 +1,172 @@
+"""What every training stage shares: TrainingArguments from a recipe, the standard callbacks, and the
+end of a run (save, metrics, plot, manifest).
+
+Stages stay thin because HF Trainer / TRL trainers own the loop; this module only fills in the
+defaults llmtune promises (tokens/s of real tokens, TensorBoard under the run folder, CPU-safe
+precision) and turns argument errors into messages that name the `train.` key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from llmtune.errors import LlmtuneError
+from llmtune.outputs import MANIFEST, metrics_from_log_history, plot_loss, write_json
+
+log = logging.getLogger("llmtune")
+
+
+def training_arguments(
+    recipe,
+    run_dir: Path,
+    *,
+    has_eval: bool,
+    bf16_model: bool,
+    arguments_class=None,
+    stage_defaults: dict[str, Any] | None = None,
+):
+    """Build the trainer's argument dataclass from `recipe.train`, with llmtune's defaults underneath.
+
+    Returns (arguments, use_tensorboard). The recipe always wins over a default; a default is chosen
+    only where HF's own would surprise (logging every 500 steps on a 90-step run, bf16 on a CPU...).
+    """
+    import torch
+
+    if arguments_class is None:
+        from transformers import TrainingArguments as arguments_class
+
+    given = recipe.train.trainer_kwargs()
+    has_gpu = torch.cuda.is_available()
+    defaults: dict[str, Any] = {
+        "logging_steps": 10,
+        "logging_first_step": True,
+        "include_num_input_tokens_seen": "non_padding",
+        "eval_strategy": "epoch" if has_eval else "no",
+        "dataloader_pin_memory": has_gpu,
+        # Without use_cpu on a GPU-less machine, a multi-process launch silently trains N independent
+        # copies; with it, accelerate sets up gloo and the world size is real.
+        "use_cpu": not has_gpu,
+        "bf16": bf16_model,
+        "report_to": ["tensorboard"],
+        **(stage_defaults or {}),
+    }
+    kwargs = {**defaults, **given, "output_dir": str(run_dir)}
+
+    if not has_eval and kwargs.get("eval_strategy") not in ("no", None):
+        if "eval_strategy" in given:
+            raise LlmtuneError(
+                f"train.eval_strategy is {given['eval_strategy']!r} but there is no validation data; "
+                "set data.validation_split or data.validation_files, or remove train.eval_strategy."
+            )
+        kwargs["eval_strategy"] = "no"
+    if kwargs.get("eval_on_start") and not has_eval:
+        raise LlmtuneError(
+            "train.eval_on_start needs validation data (data.validation_split or data.validation_files)."
+        )
+
+    early = getattr(recipe, "early_stopping", None)
+    if early is not None:
+        if not has_eval:
+            raise LlmtuneError(
+                "early_stopping needs validation data (data.validation_split or data.validation_files)."
+            )
+        kwargs.setdefault("metric_for_best_model", "eval_loss")
+        kwargs["load_best_model_at_end"] = True
+        if "save_strategy" not in given:
+            kwargs["save_strategy"] = kwargs["eval_strategy"]
+            if kwargs["eval_strategy"] == "steps" and "eval_steps" in kwargs:
+                kwargs.setdefault("save_steps", kwargs["eval_steps"])
+
+    report_to = kwargs.get("report_to")
+    report_to = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    use_tensorboard = "tensorboard" in report_to or "all" in report_to
+    kwargs["report_to"] = [r for r in report_to if r not in ("tensorboard", "none")] or "none"
+    try:
+        return arguments_class(**kwargs), use_tensorboard
+    except (ValueError, TypeError) as exc:
+        raise LlmtuneError(f"train: {str(exc).strip().splitlines()[0]} ({recipe.source})") from None
+
+
+class MetricsRecorder(TrainerCallback):
+    """Rewrites <run>/metrics.json at every log from the Trainer's own history (so a resumed run's file
+    covers the whole run), and measures this session's real-token throughput."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.start: tuple[float, int] | None = None
+        self.tokens_per_second: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = (time.perf_counter(), state.num_input_tokens_seen)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.start is not None:
+            seconds = time.perf_counter() - self.start[0]
+            self.tokens_per_second = (state.num_input_tokens_seen - self.start[1]) / max(seconds, 1e-9)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            write_json(self.run_dir / "metrics.json", metrics_from_log_history(state.log_history))
+
+
+def standard_callbacks(
+    run_dir: Path, *, use_tensorboard: bool, early_stopping=None
+) -> tuple[MetricsRecorder, list]:
+    """(metrics recorder, all callbacks): metrics JSON always, TensorBoard under <run>/tensorboard, early
+    stopping when the recipe asks for it."""
+    recorder = MetricsRecorder(run_dir)
+    callbacks: list = [recorder]
+    if use_tensorboard:
+        from transformers.integrations import TensorBoardCallback
+
+        tensorboard = TensorBoardCallback()
+        # Its documented override is the TENSORBOARD_LOGGING_DIR variable, which is process-wide; the
+        # attribute it reads at train begin (and again for evaluations after training) is per run.
+        tensorboard.logging_dir = str(run_dir / "tensorboard")
+        callbacks.append(tensorboard)
+    if early_stopping is not None:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(
+            EarlyStoppingCallback(
+                early_stopping_patience=early_stopping.patience,
+                early_stopping_threshold=early_stopping.threshold,
+            )
+        )
+    return recorder, callbacks
+
+
+def resume_checkpoint(recipe, run_dir: Path, resume: bool) -> str | bool | None:
+    """What to pass to `trainer.train(resume_from_checkpoint=...)` for --resume / train.resume_from_checkpoint."""
+    from llmtune.outputs import latest_checkpoint
+
+    wanted = recipe.train.trainer_kwargs().get("resume_from_checkpoint")
+    if resume or wanted in (True, "true", "latest"):
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise LlmtuneError(f"--resume: no complete checkpoint in {run_dir}.")
+        log.info("Resuming from %s", checkpoint)
+        return str(checkpoint)
+    if wanted:
+        if not Path(wanted).is_dir():
+            raise LlmtuneError(f"train.resume_from_checkpoint: {wanted} is not a checkpoint folder.")
+        return str(wanted)
+    return None
+
+
+def finish_run(trainer, run_dir: Path, manifest: dict, *, title: str, results: dict[str, Any]) -> dict:
+    """Save the model/adapter and tokenizer, write metrics.json and loss.png, then mark the manifest
+    completed (the last write of a run)."""
+    trainer.save_model(str(run_dir))
+    if trainer.is_world_process_zero():
+        metrics = metrics_from_log_history(trainer.state.log_history)
+        write_json(run_dir / "metrics.json", metrics)
+        plot_loss(metrics, run_dir / "loss.png", title)
+        manifest.update(status="completed", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), results=results)
+        write_json(run_dir / MANIFEST, manifest)
+    return results

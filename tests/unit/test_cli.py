@@ -1,0 +1,126 @@
+"""The command line: help without torch, exit codes, no tracebacks, every shipped recipe validates."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmtune.recipe import PretrainRecipe, load_recipe
+from tests.conftest import REPO, tiny_pretrain_recipe
+
+SHIPPED = {"pretrain": PretrainRecipe}
+
+
+def run_llmtune(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "llmtune", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_help_lists_the_commands_with_examples(cli):
+    result = cli("--help")
+    assert result.exit_code == 0
+    for command in ("pretrain", "fetch"):
+        assert command in result.stdout
+    assert "Examples:" in result.stdout and "llmtune pretrain --recipe recipes/pretrain/" in result.stdout
+    pretrain_help = cli("pretrain", "--help").stdout
+    assert (
+        "--recipe" in pretrain_help
+        and "--set" in pretrain_help
+        and "Example: llmtune pretrain" in pretrain_help
+    )
+
+
+def test_help_does_not_import_torch_or_transformers():
+    code = (
+        "import sys\nfrom llmtune.cli import app\n"
+        "for args in (['--help'], ['pretrain', '--help'], ['fetch', '--help']):\n"
+        "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'peft', 'trl') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_help_is_fast():
+    run_llmtune("--help")  # warm the file cache
+    start = time.perf_counter()
+    assert run_llmtune("--help").returncode == 0
+    assert time.perf_counter() - start < 2.0  # README figure: ~0.2 s; generous bound for loaded CI machines
+
+
+def test_version(cli):
+    assert cli("--version").stdout.startswith("llmtune ")
+
+
+def test_print_config_shows_the_resolved_recipe(tmp_path, write_recipe, cli):
+    result = cli(
+        "pretrain",
+        "--recipe",
+        str(write_recipe(tiny_pretrain_recipe(tmp_path))),
+        "--print-config",
+        "--set",
+        "data.block_size=32",
+    )
+    assert result.exit_code == 0
+    assert "block_size: 32" in result.stdout and "split_by: character" in result.stdout
+    assert not (tmp_path / "run").exists()
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path, write_recipe):
+    path = write_recipe(tiny_pretrain_recipe(tmp_path, peft={"method": "none", "rnak": 4}))
+    result = run_llmtune("pretrain", "--recipe", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "llmtune: error: invalid recipe: peft.rnak: unknown key, did you mean 'r'?" in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path, write_recipe):
+    path = write_recipe(tiny_pretrain_recipe(tmp_path, peft={"method": "none", "rnak": 4}))
+    result = run_llmtune("pretrain", "--recipe", str(path), "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_missing_data_file_names_the_path_as_given(tmp_path, write_recipe, cli):
+    path = write_recipe(tiny_pretrain_recipe(tmp_path, data={"train_files": "corpus/missing.txt"}))
+    result = cli("pretrain", "--recipe", str(path))
+    assert result.exit_code == 2
+    assert "data.train_files: data file 'corpus/missing.txt' (looked for at" in result.stderr
+
+
+def test_missing_recipe_option_is_a_usage_error(cli):
+    result = cli("pretrain")
+    assert result.exit_code == 2 and "--recipe" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "recipes").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO))
+)
+def test_every_shipped_recipe_validates(path: Path):
+    command = path.relative_to(REPO / "recipes").parts[0]
+    recipe = load_recipe(path, SHIPPED[command])
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith(f"# llmtune {command} --recipe recipes/"), (
+        "a recipe opens with the command that runs it"
+    )
+    assert str(path.relative_to(REPO)) in first_line
+    for file in getattr(recipe.data, "train_files", []):
+        assert Path(file).exists(), f"{path.name}: {file}"
+
+
+def test_fetch_of_an_uncached_model_offline_explains(cli, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = cli("fetch", "someorg/somemodel")
+    assert result.exit_code == 2
+    assert "not in the HuggingFace cache and HF_HUB_OFFLINE is set" in result.stderr

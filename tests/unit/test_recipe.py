@@ -1,0 +1,226 @@
+"""Recipe loading: typed sections, overrides, path rules, and errors that name the key and the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmtune.errors import LlmtuneError
+from llmtune.recipe import PretrainRecipe, load_recipe
+from tests.conftest import GPT2_TOKENIZER, VERDICT, tiny_pretrain_recipe
+
+
+def load(path, *overrides):
+    return load_recipe(path, PretrainRecipe, list(overrides))
+
+
+def error_of(path, *overrides) -> str:
+    with pytest.raises(LlmtuneError) as info:
+        load(path, *overrides)
+    return info.value.render()
+
+
+def test_valid_recipe_is_typed(tmp_path, write_recipe):
+    recipe = load(write_recipe(tiny_pretrain_recipe(tmp_path)))
+    assert recipe.data.block_size == 64
+    assert recipe.model.from_config["architecture"] == "llama"
+    assert recipe.peft.method == "none"
+    assert recipe.train.trainer_kwargs()["learning_rate"] == pytest.approx(3e-3)
+
+
+def test_yaml_exponent_without_dot_becomes_a_number(tmp_path, write_recipe):
+    # PyYAML reads `4e-4` as a string (YAML 1.1 wants 4.0e-4); the train section checker fixes it.
+    path = write_recipe(tiny_pretrain_recipe(tmp_path))
+    path.write_text(path.read_text().replace("learning_rate: 0.003", "learning_rate: 4e-4"))
+    assert load(path).train.trainer_kwargs()["learning_rate"] == pytest.approx(4e-4)
+
+
+def test_unknown_key_names_path_file_and_suggestion(tmp_path, write_recipe):
+    path = write_recipe(tiny_pretrain_recipe(tmp_path, peft={"method": "none", "rnak": 4}))
+    message = error_of(path)
+    assert "peft.rnak: unknown key, did you mean 'r'?" in message
+    assert str(path) in message
+
+
+def test_unknown_section_suggests_the_right_one(tmp_path, write_recipe):
+    data = tiny_pretrain_recipe(tmp_path)
+    data["trian"] = data.pop("train")
+    message = error_of(write_recipe(data))
+    assert "trian: unknown section, did you mean 'train'?" in message
+    assert "train: missing" in message
+
+
+def test_wrong_type_names_key_given_and_expected(tmp_path, write_recipe):
+    message = error_of(write_recipe(tiny_pretrain_recipe(tmp_path, data={"block_size": "abc"})))
+    assert "data.block_size: expected an integer, got 'abc'" in message
+
+
+def test_choice_error_lists_choices_and_suggests(tmp_path, write_recipe):
+    message = error_of(write_recipe(tiny_pretrain_recipe(tmp_path, data={"split_by": "charcter"})))
+    assert "data.split_by: expected one of 'document' or 'character', got 'charcter'" in message
+    assert "did you mean 'character'?" in message
+
+
+def test_bounds_are_checked(tmp_path, write_recipe):
+    message = error_of(
+        write_recipe(tiny_pretrain_recipe(tmp_path, data={"block_size": 0, "validation_split": 1.5}))
+    )
+    assert "data.block_size: input should be greater than 0, got 0" in message
+    assert "data.validation_split: input should be less than 1, got 1.5" in message
+
+
+def test_train_keys_are_checked_against_training_arguments(tmp_path, write_recipe):
+    path = write_recipe(tiny_pretrain_recipe(tmp_path, train={"learning_rat": 1e-3}))
+    assert (
+        "train.learning_rat: unknown key, did you mean 'learning_rate'? (not a TrainingArguments argument)"
+        in error_of(path)
+    )
+
+
+def test_train_value_types_and_choices(tmp_path, write_recipe):
+    path = write_recipe(
+        tiny_pretrain_recipe(tmp_path, train={"learning_rate": "fast", "lr_scheduler_type": "cosin"})
+    )
+    message = error_of(path)
+    assert "train.learning_rate: expected a number, got 'fast'" in message
+    assert "train.lr_scheduler_type: 'cosin' is not one of" in message and "did you mean 'cosine'?" in message
+
+
+def test_legacy_train_names_are_mapped_with_a_note(tmp_path, write_recipe):
+    data = tiny_pretrain_recipe(
+        tmp_path, train={"warmup_ratio": 0.05, "evaluation_strategy": "steps", "logging_dir": "x"}
+    )
+    del data["train"]["eval_strategy"]
+    recipe = load(write_recipe(data))
+    kwargs = recipe.train.trainer_kwargs()
+    assert kwargs["warmup_steps"] == 0.05 and kwargs["eval_strategy"] == "steps"
+    assert "warmup_ratio" not in kwargs and "logging_dir" not in kwargs
+    notes = " ".join(recipe.notes)
+    assert "train.warmup_ratio is called train.warmup_steps in transformers 5" in notes
+    assert "train.logging_dir is not a transformers 5 argument" in notes
+
+
+def test_legacy_and_new_name_together_is_an_error(tmp_path, write_recipe):
+    path = write_recipe(tiny_pretrain_recipe(tmp_path, train={"warmup_ratio": 0.05, "warmup_steps": 10}))
+    assert "train.warmup_ratio: legacy name of train.warmup_steps, and both are given" in error_of(path)
+
+
+def test_overrides_are_typed_and_win(tmp_path, write_recipe):
+    path = write_recipe(tiny_pretrain_recipe(tmp_path))
+    recipe = load(path, "data.block_size=32", "train.learning_rate=1e-4", "peft.method=none")
+    assert recipe.data.block_size == 32
+    assert recipe.train.trainer_kwargs()["learning_rate"] == pytest.approx(1e-4)
+
+
+def test_bad_override_is_blamed_on_the_override(tmp_path, write_recipe):
+    message = error_of(write_recipe(tiny_pretrain_recipe(tmp_path)), "data.block_size=abc")
+    assert "data.block_size: expected an integer, got 'abc' (from --set data.block_size=abc)" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.block_size", "expected section.key=value"),
+        ("=3", "expected section.key=value"),
+        ("dat.block_size=3", "unknown section 'dat', did you mean 'data'?"),
+    ],
+)
+def test_malformed_overrides(tmp_path, write_recipe, override, expected):
+    assert expected in error_of(write_recipe(tiny_pretrain_recipe(tmp_path)), override)
+
+
+def test_relative_paths_are_relative_to_the_recipe_file(tmp_path, write_recipe, monkeypatch):
+    data_dir = tmp_path / "corpus"
+    data_dir.mkdir()
+    (data_dir / "a.txt").write_text("hello\n")
+    recipe_data = tiny_pretrain_recipe(tmp_path, data={"train_files": "../corpus/a.txt"})
+    path = write_recipe(recipe_data, name="recipes/r.yaml")
+    monkeypatch.chdir("/")
+    recipe = load(path)
+    assert recipe.data.train_files == [str(data_dir / "a.txt")]
+    assert recipe.describe_path(recipe.data.train_files[0]).startswith("'../corpus/a.txt' (looked for at ")
+
+
+def test_relative_override_paths_are_relative_to_the_current_folder(tmp_path, write_recipe, monkeypatch):
+    path = write_recipe(tiny_pretrain_recipe(tmp_path), name="recipes/r.yaml")
+    monkeypatch.chdir(tmp_path)
+    recipe = load(path, "data.train_files=mine.txt")
+    assert recipe.data.train_files == [str(tmp_path / "mine.txt")]
+
+
+def test_hub_ids_are_not_taken_for_paths(tmp_path, write_recipe):
+    data = tiny_pretrain_recipe(tmp_path, model={"name_or_path": "bigscience/bloomz-560m"})
+    del data["model"]["from_config"]
+    data["model"]["tokenizer"] = None
+    assert load(write_recipe(data)).model.name_or_path == "bigscience/bloomz-560m"
+
+
+def test_output_dir_stays_relative_to_where_llmtune_runs(tmp_path, write_recipe):
+    path = write_recipe(tiny_pretrain_recipe(tmp_path, train={"output_dir": "runs/x"}), name="recipes/r.yaml")
+    assert load(path).train.output_dir == "runs/x"
+
+
+@pytest.mark.parametrize(
+    ("sections", "expected"),
+    [
+        ({"model": {"name_or_path": "x/y"}}, "give exactly one of model.name_or_path"),
+        (
+            {"model": {"from_config": {"hidden_size": 8}, "tokenizer": str(GPT2_TOKENIZER)}},
+            "needs an `architecture` key",
+        ),
+        ({"model": {"from_config": {"architecture": "gpt2"}, "tokenizer": None}}, "give model.tokenizer"),
+        ({"peft": {"method": "lora"}}, "an adapter on random weights learns nothing useful"),
+        (
+            {"data": {"validation_files": [str(VERDICT)]}},
+            "give data.validation_files or data.validation_split, not both",
+        ),
+        ({"data": {"stride": 128}}, "data.stride (128) is larger than data.block_size (64)"),
+        (
+            {"data": {"clean": {"min_chars": 10, "max_chars": 5}}},
+            "data.clean.max_chars (5) is below data.clean.min_chars (10)",
+        ),
+    ],
+)
+def test_cross_field_rules(tmp_path, write_recipe, sections, expected):
+    assert expected in error_of(write_recipe(tiny_pretrain_recipe(tmp_path, **sections)))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "is empty"),
+        (b"- a\n- b\n", "must be a YAML mapping of sections"),
+        (b"model: [unclosed\n", "line 2, column 1: invalid YAML"),
+        (b"model:\n  name: \xff\xfe\n", "is not UTF-8 text"),
+    ],
+)
+def test_unreadable_recipe_files(tmp_path, content, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    message = error_of(path)
+    assert expected in message and str(path) in message
+
+
+def test_missing_and_folder_recipes(tmp_path):
+    assert "recipe file not found" in error_of(tmp_path / "nope.yaml")
+    assert "is a folder; give a YAML file" in error_of(tmp_path)
+
+
+def test_every_problem_is_listed_at_once(tmp_path, write_recipe):
+    message = error_of(
+        write_recipe(
+            tiny_pretrain_recipe(
+                tmp_path, data={"block_size": "x", "txt_document": "page"}, train={"seeed": 1}
+            )
+        )
+    )
+    assert message.count("\n  ") == 3  # three problems, one line each
+
+
+def test_recipes_read_yaml_1_2_booleans(tmp_path, write_recipe):
+    # YAML 1.1 (PyYAML's default) makes `save_strategy: no` the boolean False: HF configs break on it.
+    path = write_recipe(tiny_pretrain_recipe(tmp_path))
+    path.write_text(path.read_text().replace("save_strategy: 'no'", "save_strategy: no"))
+    recipe = load(path, "train.logging_first_step=yes", "data.add_eos=off")
+    kwargs = recipe.train.trainer_kwargs()
+    assert kwargs["save_strategy"] == "no"
+    assert kwargs["logging_first_step"] is True and recipe.data.add_eos is False
