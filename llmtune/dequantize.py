@@ -29,7 +29,9 @@ def plain_model_from_gguf(model):
     # Tied output heads are one tensor: "lm_head.weight" may be absent from the state dict.
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise RuntimeError(f"GGUF weights do not match the architecture: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"GGUF weights do not match the architecture: missing {missing}, unexpected {unexpected}"
+        )
     # Non-persistent buffers (rotary inv_freq, ...) are not in the state dict: take the loaded model's.
     for name, buffer in model.named_buffers():
         module_name, _, attr = name.rpartition(".")

@@ -15,6 +15,7 @@ and every option that changes the result, so a second run with the same inputs s
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import random
@@ -217,17 +218,17 @@ def tokenize_documents(docs: list[str], tokenizer, add_eos: bool, desc: str) -> 
         raise LlmtuneError(
             "data.add_eos is true but the tokenizer has no EOS token; set data.add_eos: false."
         )
-    pieces: list[np.ndarray] = []
+    encoded: list[list[int]] = []
     with tqdm(total=len(docs), desc=desc, unit="doc", disable=len(docs) < 2 * TOKENIZE_BATCH) as bar:
         for start in range(0, len(docs), TOKENIZE_BATCH):
             batch = docs[start : start + TOKENIZE_BATCH]
-            encoded = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]
-            for ids in encoded:
-                pieces.append(np.asarray(ids, dtype=np.int32))
-                if add_eos:
-                    pieces.append(np.asarray([eos], dtype=np.int32))
+            encoded.extend(tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"])
             bar.update(len(batch))
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+    if add_eos:
+        for ids in encoded:
+            ids.append(eos)
+    total = sum(len(ids) for ids in encoded)
+    return np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int32, count=total)
 
 
 def pack_into_blocks(
@@ -245,10 +246,12 @@ def pack_into_blocks(
         if keep_short and len(ids) > 1:
             return ids[None, :].copy(), 0
         return np.zeros((0, block_size), dtype=ids.dtype), len(ids)
+    if stride == block_size:  # the common case: a reshape, no copy per block
+        count = len(ids) // block_size
+        return ids[: count * block_size].reshape(count, block_size), len(ids) - count * block_size
     starts = np.arange(0, len(ids) - block_size + 1, stride)
     blocks = np.stack([ids[s : s + block_size] for s in starts])
-    covered = int(starts[-1]) + block_size
-    return blocks, len(ids) - covered
+    return blocks, len(ids) - (int(starts[-1]) + block_size)
 
 
 # ------------------------------------------------------------------------------------------ pipeline
@@ -267,7 +270,7 @@ def build_text_datasets(
     data: TextDataSection, tokenizer, cache_root: Path, describe=None
 ) -> tuple[DatasetDict, TextDataReport]:
     """Train (and validation, when asked for) blocks of token ids, and the report of how they were made."""
-    from datasets import Dataset, DatasetDict, load_from_disk
+    from datasets import DatasetDict, load_from_disk
 
     train_files = expand_sources(data.train_files, "data.train_files", describe=describe)
     val_files = (
@@ -336,17 +339,32 @@ def build_text_datasets(
             f"data: the training text has {report.tokens['train']} tokens, too few for one block; "
             "add data or lower data.block_size."
         )
-    dataset = DatasetDict({name: Dataset.from_dict({"input_ids": array}) for name, array in blocks.items()})
+    dataset = DatasetDict({name: _blocks_dataset(array) for name, array in blocks.items()})
     if data.cache:
         _write_cache(dataset, report, cache_dir)
     return dataset, report
+
+
+def _blocks_dataset(blocks: np.ndarray):
+    """A datasets.Dataset with one fixed-length `input_ids` row per block, built from Arrow directly."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    column = pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel()), blocks.shape[1])
+    return Dataset(pa.table({"input_ids": column}))
 
 
 def _write_cache(dataset: DatasetDict, report: TextDataReport, cache_dir: Path) -> None:
     staging = cache_dir.with_name(cache_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    dataset.save_to_disk(str(staging / "blocks"))
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+
+    disable_progress_bar()  # a "Saving the dataset" bar per split is noise before the data report
+    try:
+        dataset.save_to_disk(str(staging / "blocks"))
+    finally:
+        enable_progress_bar()
     (staging / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
     shutil.rmtree(cache_dir, ignore_errors=True)
     staging.rename(cache_dir)
