@@ -16,8 +16,10 @@ from llmtune import __version__
 
 app = typer.Typer(
     name="llmtune",
-    help="Train language models from YAML recipes: pretrain (more commands arrive as they are built).",
+    help="Train language models from YAML recipes: pretrain, sft, dpo; check data before training.",
     epilog="Examples:\n\n"
+    "  llmtune sft --recipe recipes/quickstart.yaml\n\n"
+    "  llmtune data check --recipe recipes/sft/smollm2-135m-lora-medical.yaml\n\n"
     "  llmtune pretrain --recipe recipes/pretrain/smollm2-135m-continued-lora.yaml\n\n"
     "  llmtune pretrain --recipe recipes/pretrain/gpt2-124m-the-verdict.yaml --print-config\n\n"
     "  llmtune fetch smollm2-135m-instruct",
@@ -146,6 +148,80 @@ def pretrain(
         from llmtune.stages import pretrain as stage
 
         stage.run(loaded, overwrite=overwrite, resume=resume)
+
+
+@app.command(
+    help="Supervised fine-tuning on conversations (full, LoRA, DoRA, QLoRA, prompt/prefix/P-tuning, IA3, freeze).",
+    epilog="Example: llmtune sft --recipe recipes/quickstart.yaml --set data.packing=true",
+)
+def sft(
+    recipe: str = RecipeOption,
+    set_: list[str] = SetOption,
+    print_config: bool = PrintConfigOption,
+    overwrite: bool = OverwriteOption,
+    resume: bool = ResumeOption,
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        loaded = _load(recipe, "SftRecipe", set_)
+        if print_config:
+            typer.echo(loaded.to_yaml(), nl=False)
+            return
+        from llmtune.stages import sft as stage
+
+        stage.run(loaded, overwrite=overwrite, resume=resume)
+
+
+@app.command(
+    help="Preference tuning on chosen/rejected pairs: DPO (any TRL loss type), ORPO, SimPO, KTO.",
+    epilog="Example: llmtune dpo --recipe recipes/dpo/smollm2-135m-dpo-en.yaml --set dpo.loss_type=ipo",
+)
+def dpo(
+    recipe: str = RecipeOption,
+    set_: list[str] = SetOption,
+    print_config: bool = PrintConfigOption,
+    overwrite: bool = OverwriteOption,
+    resume: bool = ResumeOption,
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        loaded = _load(recipe, "DpoRecipe", set_)
+        if print_config:
+            typer.echo(loaded.to_yaml(), nl=False)
+            return
+        from llmtune.stages import dpo as stage
+
+        stage.run(loaded, overwrite=overwrite, resume=resume)
+
+
+data_app = typer.Typer(help="Inspect training data without training.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command(
+    "check",
+    help="The dataset doctor: detect the format, validate every row, count skips and truncations, token "
+    "length stats, padding with and without packing, and samples with the trained tokens marked.",
+    epilog="Example: llmtune data check --recipe recipes/sft/smollm2-135m-lora-medical.yaml --samples 2",
+)
+def data_check(
+    recipe: str = RecipeOption,
+    set_: list[str] = SetOption,
+    samples: int = typer.Option(2, "--samples", "-n", help="Examples to render with their loss mask."),
+    color: str = typer.Option(
+        "auto", "--color", help="auto | always | never: mark trained tokens in colour."
+    ),
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        from llmtune.recipe import load_yaml_file
+
+        kind = "DpoRecipe" if "dpo" in load_yaml_file(recipe) else "SftRecipe"
+        loaded = _load(recipe, kind, set_)
+        from llmtune.stages import data_check as stage
+
+        use_color = color == "always" or (color == "auto" and sys.stdout.isatty())
+        typer.echo(stage.run(loaded, samples=samples, color=use_color))
 
 
 @app.command(

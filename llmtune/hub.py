@@ -161,6 +161,8 @@ def resolve_model(
 def _check_local_folder(path: Path, gguf_file: str | None, key: str) -> None:
     if gguf_file:
         return
+    if (path / "adapter_config.json").exists():
+        return  # an adapter run: its base is loaded and the adapter merged in (models.load_causal_lm)
     if not (path / "config.json").exists() and not any(path.glob("*.gguf")):
         raise LlmtuneError(
             f"{key}: {path} is a folder but holds no config.json; it does not look like a model folder "

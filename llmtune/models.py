@@ -146,12 +146,28 @@ def _load_bpe_pair(folder: Path, vocab: Path, merges: Path | None = None) -> Pre
 
 # ---------------------------------------------------------------------------------------------- model
 def load_causal_lm(
-    section: ModelSection, resolved: ResolvedModel | None, tokenizer: PreTrainedTokenizerBase
+    section: ModelSection,
+    resolved: ResolvedModel | None,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    quantization=None,
 ) -> PreTrainedModel:
-    """A causal LM in the recipe's dtype, with its embedding matching the tokenizer."""
+    """A causal LM in the recipe's dtype, with its embedding matching the tokenizer.
+
+    `quantization` (a BitsAndBytesConfig, for QLoRA) loads the linear layers in 4 bits. A folder holding a
+    PEFT adapter (an earlier llmtune run) loads its base with the adapter merged in, so that a new stage
+    (DPO after SFT) starts from what that run trained.
+    """
     from transformers import AutoModelForCausalLM
 
     dtype = resolve_dtype(section.dtype)
+    if quantization is not None and (resolved is None or resolved.gguf_file):
+        raise LlmtuneError(
+            "peft.method qlora quantises a pretrained safetensors model; it cannot load a GGUF file or "
+            "model.from_config. Convert the GGUF first (llmtune fetch ...) and point model.name_or_path at it."
+        )
+    if resolved is not None and (Path(resolved.path) / "adapter_config.json").is_file():
+        return _merged_adapter_model(section, resolved, tokenizer, dtype, quantization)
     if resolved is None:
         model = _causal_lm_from_config(section, tokenizer, dtype)
     elif resolved.gguf_file:
@@ -170,6 +186,7 @@ def load_causal_lm(
                 dtype=dtype,
                 attn_implementation=section.attn_implementation,
                 trust_remote_code=section.trust_remote_code,
+                quantization_config=quantization,
             )
         except ValueError as exc:
             raise LlmtuneError(
@@ -182,6 +199,35 @@ def load_causal_lm(
             len(tokenizer),
         )
         model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def _merged_adapter_model(section, resolved, tokenizer, dtype, quantization):
+    import json
+
+    from peft import PeftModel
+
+    folder = Path(resolved.path)
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    base = adapter.get("base_model_name_or_path")
+    if not base:
+        raise LlmtuneError(f"{folder}/adapter_config.json names no base_model_name_or_path.")
+    if adapter.get("peft_type") not in ("LORA", "IA3"):
+        raise LlmtuneError(
+            f"{folder} holds a {adapter.get('peft_type')} adapter, which cannot be merged into its base; "
+            "train on top of it is not supported. Start from the base model instead."
+        )
+    log.info("Loading %s with the adapter from %s merged in", base, folder)
+    from llmtune.hub import resolve_model
+
+    base_resolved = resolve_model(base, hub=section.hub, weights=True)
+    base_model = load_causal_lm(section.model_copy(update={"name_or_path": base}), base_resolved, tokenizer)
+    model = PeftModel.from_pretrained(base_model, str(folder)).merge_and_unload()
+    if quantization is not None:
+        raise LlmtuneError(
+            f"peft.method qlora on top of the adapter run {folder}: merge it first (llmtune merge) and quantise "
+            "the merged folder."
+        )
     return model
 
 

@@ -147,7 +147,12 @@ class ModelSection(Section):
 
 # ------------------------------------------------------------------------------------------------ peft
 class PeftSection(Section):
-    """Adapter settings under PEFT's own names; `method: none` trains every weight."""
+    """Adapter settings under PEFT's own names; `method: none` trains every weight.
+
+    lora / dora / qlora (LoRA on a 4-bit nf4 base, bitsandbytes) use r, lora_alpha, lora_dropout,
+    target_modules, use_rslora; prompt_tuning / prefix_tuning / p_tuning use num_virtual_tokens; ia3 uses
+    target_modules + feedforward_modules; freeze trains only the modules named in `trainable`.
+    """
 
     key_aliases: ClassVar[dict[str, str]] = {
         "rank": "r",
@@ -159,23 +164,71 @@ class PeftSection(Section):
         "target": "target_modules",
         "finetuning_type": "method",
         "type": "method",
+        "freeze_trainable_modules": "trainable",
+        "freeze_trainable_layers": "trainable_last_layers",
+        "pre_seq_len": "num_virtual_tokens",
     }
 
-    method: Literal["none", "lora", "dora"] = "none"
+    method: Literal[
+        "none", "lora", "dora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3", "freeze"
+    ] = "none"
     r: int = Field(8, gt=0)
     lora_alpha: float = Field(16, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None,
+        description="Modules to adapt; default all-linear (LoRA family) or the architecture's own (IA3).",
+    )
     modules_to_save: list[str] | None = None
     bias: Literal["none", "all", "lora_only"] = "none"
-    use_rslora: bool = False
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r) instead of alpha/r.")
+    # qlora
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the 4-bit layers' matmuls; auto = the model dtype."
+    )
+    # prompt learning
+    num_virtual_tokens: int = Field(20, gt=0)
+    prompt_tuning_init_text: str | None = Field(
+        None, description="prompt_tuning: initialise the virtual tokens from this text (else random)."
+    )
+    encoder_hidden_size: int = Field(128, gt=0, description="p_tuning: hidden size of the prompt encoder.")
+    # ia3
+    feedforward_modules: list[str] | None = None
+    # freeze
+    trainable: list[str] = Field(
+        default_factory=list,
+        description="freeze: substrings of parameter names to train (e.g. lm_head, layers.29.)",
+    )
+    trainable_last_layers: int = Field(
+        0, ge=0, description="freeze: also train the last N transformer blocks."
+    )
 
-    @field_validator("target_modules", mode="before")
+    @field_validator("target_modules", "feedforward_modules", "trainable", mode="before")
     @classmethod
     def _one_module_as_list(cls, value: Any) -> Any:
         if isinstance(value, str) and value != "all-linear":
             return [value]
         return value
+
+    @model_validator(mode="after")
+    def check_freeze(self) -> PeftSection:
+        if self.method == "freeze" and not self.trainable and not self.trainable_last_layers:
+            raise ValueError(
+                "peft.method is freeze but nothing is trainable: give peft.trainable (parameter name parts, "
+                "e.g. [lm_head]) or peft.trainable_last_layers (e.g. 2)"
+            )
+        return self
+
+    @property
+    def is_prompt_learning(self) -> bool:
+        return self.method in ("prompt_tuning", "prefix_tuning", "p_tuning")
+
+    @property
+    def is_peft(self) -> bool:
+        """True when the result is a PEFT adapter (freeze and none train the model itself)."""
+        return self.method not in ("none", "freeze")
 
 
 # ------------------------------------------------------------------------------------------ pretraining
@@ -272,6 +325,107 @@ class EarlyStoppingSection(Section):
     threshold: float = Field(0.0, ge=0, description="Minimum improvement that counts.")
 
 
+# ------------------------------------------------------------------------------------------ chat data
+class ChatDataSection(Section):
+    """Chat-shaped data for sft (conversations) and dpo (preference pairs): .jsonl or .json files."""
+
+    key_aliases: ClassVar[dict[str, str]] = {
+        "dataset": "train_files",
+        "train_file_dir": "train_files",
+        "cutoff_len": "max_length",
+        "model_max_length": "max_length",
+        "max_seq_length": "max_length",
+        "val_size": "validation_split",
+        "interleave_probs": "weights",
+        "mix_strategy": "weights",
+        "max_train_samples": "max_samples",
+    }
+
+    train_files: list[InputPath] = Field(..., min_length=1)
+    weights: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None,
+        description="One per train file: copies of its rows in the mix (0.5 = a seeded random half, 2 = twice).",
+    )
+    validation_files: list[InputPath] = Field(default_factory=list)
+    validation_split: float = Field(0.0, ge=0, lt=1)
+    seed: int = 42
+    format: Literal[
+        "auto",
+        "alpaca",
+        "sharegpt",
+        "messages",
+        "prompt_completion",
+        "preference",
+        "alpaca_preference",
+        "sharegpt_preference",
+    ] = Field("auto", description="Row shape; auto = detected from each file's first row (and reported).")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Our field name → the file's, e.g. {instruction: question}."
+    )
+    system: str | None = Field(None, description="System prompt for rows that have none.")
+    template: str | None = Field(
+        None,
+        description="Chat template: none = the model's own; chatml, llama3, qwen, alpaca; or a Jinja string.",
+    )
+    max_length: int = Field(1024, gt=0, description="Tokens per example (prompt + answer).")
+    overlong: Literal["truncate", "drop"] = Field(
+        "truncate", description="An example longer than max_length: cut its end, or drop it (counted)."
+    )
+    train_on_prompt: bool = Field(False, description="Loss on every token, not only assistant turns.")
+    packing: bool = Field(
+        False,
+        description="sft: pack examples into max_length rows (TRL best-fit decreasing, padding-free with "
+        "position_ids so attention never crosses examples).",
+    )
+    max_samples: int | None = Field(None, gt=0, description="Use only the first N valid rows of each file.")
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error", description="A bad row: stop naming file and line, or skip and count it by reason."
+    )
+
+    @field_validator("train_files", "validation_files", mode="before")
+    @classmethod
+    def _one_file_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def check_validation_source(self) -> ChatDataSection:
+        if self.validation_files and self.validation_split > 0:
+            raise ValueError("give data.validation_files or data.validation_split, not both")
+        return self
+
+
+class SamplesSection(Section):
+    """Prompts answered (greedy) before and after training, to see what changed; saved in samples.json."""
+
+    prompts: list[str] = Field(..., min_length=1)
+    max_new_tokens: int = Field(64, gt=0)
+
+
+class DpoSection(Section):
+    """Preference optimisation: the algorithm, and its settings under TRL's names."""
+
+    algorithm: Literal["dpo", "orpo", "simpo", "kto"] = Field(
+        "dpo",
+        description="dpo (TRL DPOTrainer, any loss_type), orpo (reference-free odds ratio), simpo "
+        "(reference-free, length-normalised; TRL's CPOTrainer), kto (pairs unpaired into good/bad answers).",
+    )
+    beta: float = Field(0.1, gt=0)
+    loss_type: list[str] = Field(
+        default_factory=lambda: ["sigmoid"],
+        description="dpo: TRL's loss types (sigmoid, ipo, hinge, robust, bco_pair, sppo_hard, nca_pair, "
+        "aot, aot_unpaired, apo_zero, apo_down, exo_pair, discopop, sft, sigmoid_norm); several are combined.",
+    )
+    loss_weights: list[float] | None = None
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    simpo_gamma: float = Field(0.5, description="simpo: target reward margin.")
+    precompute_ref_log_probs: bool = False
+
+    @field_validator("loss_type", mode="before")
+    @classmethod
+    def _one_loss_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 # ------------------------------------------------------------------------------------------------ train
 # TrainingArguments keys that users bring from transformers 4 scripts (MedicalGPT, LLaMA-Factory):
 # renamed keys are mapped with a note; removed ones are dropped with a note that says what replaces them.
@@ -353,6 +507,72 @@ class PretrainRecipe(Recipe):
         return self
 
 
+class SftRecipe(Recipe):
+    """`llmtune sft`: supervised fine-tuning on conversations with TRL's SFTTrainer."""
+
+    train_arguments: ClassVar[str] = "trl.SFTConfig"
+    model: ModelSection
+    data: ChatDataSection
+    peft: PeftSection = Field(default_factory=PeftSection)
+    train: TrainSection
+    early_stopping: EarlyStoppingSection | None = None
+    samples: SamplesSection | None = None
+
+    @model_validator(mode="after")
+    def check_sft(self) -> SftRecipe:
+        _check_chat_recipe(self, preference=False)
+        if self.data.packing and self.peft.is_prompt_learning:
+            raise ValueError(
+                f"data.packing with peft.method {self.peft.method}: virtual tokens are prepended to each "
+                "row, which packed rows of several examples cannot have; set data.packing: false."
+            )
+        return self
+
+
+class DpoRecipe(Recipe):
+    """`llmtune dpo`: preference tuning (DPO and its loss types, ORPO, SimPO, KTO) with TRL."""
+
+    train_arguments: ClassVar[str] = "trl.DPOConfig"
+    model: ModelSection
+    data: ChatDataSection
+    peft: PeftSection = Field(default_factory=PeftSection)
+    train: TrainSection
+    dpo: DpoSection = Field(default_factory=DpoSection)
+    early_stopping: EarlyStoppingSection | None = None
+
+    @model_validator(mode="after")
+    def check_dpo(self) -> DpoRecipe:
+        _check_chat_recipe(self, preference=True)
+        if self.data.packing:
+            raise ValueError("data.packing is an sft option; preference pairs are never packed")
+        if self.peft.is_prompt_learning:
+            raise ValueError(
+                f"peft.method {self.peft.method} is not supported for dpo; use lora, dora or qlora"
+            )
+        return self
+
+
+def _check_chat_recipe(recipe, preference: bool) -> None:
+    if recipe.model.from_config is not None:
+        raise ValueError(
+            "sft and dpo fine-tune a pretrained model: give model.name_or_path, not model.from_config"
+        )
+    owned = {"max_length", "packing", "dataset_text_field", "assistant_only_loss", "completion_only_loss"}
+    clashing = sorted(owned & set(recipe.train.model_extra or {}))
+    dpo_owned = sorted(
+        {"beta", "loss_type", "loss_weights", "label_smoothing"} & set(recipe.train.model_extra or {})
+    )
+    if preference and dpo_owned:
+        raise ValueError(
+            f"train.{dpo_owned[0]} belongs in the dpo section (dpo.{dpo_owned[0]}); move it there"
+        )
+    if clashing:
+        raise ValueError(
+            f"train.{clashing[0]} is set by the data section in llmtune recipes "
+            f"(data.max_length, data.packing, data.train_on_prompt); remove it from train"
+        )
+
+
 # ------------------------------------------------------------------------------------------------ loading
 def load_recipe(
     path: str | os.PathLike, recipe_class: type[Recipe], overrides: list[str] | None = None
@@ -386,6 +606,11 @@ def load_recipe(
     recipe._notes = notes
     recipe._given_paths = given
     return recipe
+
+
+def load_yaml_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The recipe file's top-level mapping (no validation): to choose a recipe class by its sections."""
+    return _read_yaml_mapping(Path(path))
 
 
 def _read_yaml_mapping(path: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,84 @@ def finish_run(trainer, run_dir: Path, manifest: dict, *, title: str, results: d
         manifest.update(status="completed", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), results=results)
         write_json(run_dir / MANIFEST, manifest)
     return results
+
+
+def set_stop_tokens(model, tokenizer, end_of_turn: str | None) -> None:
+    """Make generation stop at the template's end-of-turn token as well as EOS (saved with the model)."""
+    ids = {tokenizer.eos_token_id}
+    if end_of_turn is not None:
+        token_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+        if token_id is not None and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    ids.discard(None)
+    config = model.generation_config
+    current = config.eos_token_id
+    current = set(current) if isinstance(current, list) else ({current} if current is not None else set())
+    merged = sorted(current | ids)
+    config.eos_token_id = merged[0] if len(merged) == 1 else merged
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+
+
+def generate_samples(model, tokenizer, samples) -> list[str]:
+    """Greedy answers to `samples.prompts` through the chat template (for the before/after report)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    answers = []
+    device = next(model.parameters()).device
+    for prompt in samples.prompts:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )
+        ids = {k: v.to(device) for k, v in ids.items()}
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=samples.max_new_tokens, do_sample=False)
+        answers.append(
+            tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        )
+    model.train(was_training)
+    return answers
+
+
+@contextmanager
+def quiet_datasets():
+    """Hide datasets' per-step progress bars ("Truncating train dataset", ...) while a trainer prepares
+    data that llmtune has already reported on."""
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
+
+    was_enabled = is_progress_bar_enabled()
+    disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            enable_progress_bar()
+
+
+class TokenCounter:
+    """Wraps a data collator to count, over training batches, the real tokens (the examples' own lengths,
+    before padding) and the tokens the model processes (the collated input_ids, padding included).
+
+    The Trainer's own `non_padding` count compares input_ids with the pad token, which miscounts when
+    pad == EOS == the chat template's end-of-turn token (SmolLM2) and in padding-free batches.
+    """
+
+    def __init__(self, collator, model):
+        self.collator, self.model = collator, model
+        self.real = self.processed = 0
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        if self.model.training:
+            self.real += sum(len(example["input_ids"]) for example in examples)
+            self.processed += int(batch["input_ids"].numel())
+        return batch
+
+    @property
+    def padding_share(self) -> float | None:
+        return 1 - self.real / self.processed if self.processed else None

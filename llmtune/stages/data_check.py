@@ -1,0 +1,108 @@
+"""`llmtune data check`: the dataset doctor. Everything sft/dpo would do to the data, without a model.
+
+    llmtune data check --recipe recipes/sft/smollm2-135m-lora-medical.yaml --samples 2
+
+Reports the detected format of each file, rows read/kept/skipped by reason, truncations, token length
+stats (min/median/p95/max), the padding share with and without packing, and renders samples as the model
+will see them with the trained (loss) tokens marked: [[in brackets]], or green in a terminal.
+"""
+
+from __future__ import annotations
+
+from llmtune.data.sft import IGNORE_INDEX, length_stats, load_examples, padding_shares, render_with_mask
+from llmtune.data.templates import apply_template
+from llmtune.models import load_tokenizer, resolve_model_source
+from llmtune.recipe import DpoRecipe, SftRecipe
+
+GREEN, RESET = "\033[32m", "\033[0m"
+
+
+def run(recipe: SftRecipe | DpoRecipe, *, samples: int = 2, color: bool = False) -> str:
+    """The report as text (also returned as data by `inspect`)."""
+    preference = isinstance(recipe, DpoRecipe)
+    resolved = resolve_model_source(recipe.model)
+    tokenizer = load_tokenizer(recipe.model, resolved)
+    template, added = apply_template(tokenizer, recipe.data.template)
+    examples, report = load_examples(recipe.data, preference=preference, describe=recipe.describe_path)
+    report.template = template + (f" (added tokens {', '.join(added)})" if added else "")
+    out = [f"recipe: {recipe.source} ({'dpo' if preference else 'sft'})"]
+    if preference:
+        out += report.lines()
+        out += _preference_lengths(tokenizer, examples, recipe.data.max_length)
+        out += _preference_samples(tokenizer, examples["train"][:samples])
+        return "\n".join(out)
+
+    from llmtune.data.sft import tokenize_examples
+
+    datasets = tokenize_examples(tokenizer, examples, recipe.data, report)
+    out += report.lines()
+    batch = recipe.train.trainer_kwargs().get("per_device_train_batch_size", 8)
+    for name, stats in report.length_stats.items():
+        out.append(
+            f"  {name} tokens per example: min {stats['min']}, median {stats['median']:g}, "
+            f"p95 {stats['p95']}, max {stats['max']}"
+        )
+    lengths = [len(ids) for ids in datasets["train"]["input_ids"]]
+    shares = padding_shares(lengths, batch, recipe.data.max_length)
+    out.append(
+        f"  padding (train, batch {batch}): {shares['unpacked_padding_share']:.1%} of processed tokens without "
+        f"packing; with data.packing: {shares['packed_bins']:,} rows of {recipe.data.max_length} "
+        f"({shares['packed_bin_fill']:.1%} full), no pad tokens (padding-free)"
+    )
+    out.append(
+        "  packing is "
+        + ("on" if recipe.data.packing else "off")
+        + " in this recipe"
+        + ("" if recipe.data.packing else "; --set data.packing=true to turn it on")
+    )
+    for index, conversation in enumerate(examples["train"][:samples]):
+        _, labels, text, spans = render_with_mask(tokenizer, conversation, recipe.data.train_on_prompt)
+        trained = sum(label != IGNORE_INDEX for label in labels)
+        over = len(labels) > recipe.data.max_length
+        verb = "truncated" if recipe.data.overlong == "truncate" else "dropped"
+        cut = f"; {verb} at {recipe.data.max_length} in training" if over else ""
+        out.append(
+            f"\n--- sample {index + 1} ({conversation.where}; {len(labels)} tokens, {trained} trained{cut})"
+        )
+        out.append(mark_spans(text, spans, color))
+    return "\n".join(out)
+
+
+def mark_spans(text: str, spans: list[tuple[int, int]], color: bool) -> str:
+    """`text` with the trained character spans marked: green in a terminal, [[...]] otherwise."""
+    start_mark, end_mark = (GREEN, RESET) if color else ("[[", "]]")
+    pieces, cursor = [], 0
+    for start, end in spans:
+        pieces += [text[cursor:start], start_mark, text[start:end], end_mark]
+        cursor = end
+    pieces.append(text[cursor:])
+    return "".join(pieces)
+
+
+def _preference_lengths(tokenizer, examples, max_length: int) -> list[str]:
+    out = []
+    for name, pairs in examples.items():
+        lengths, over = [], 0
+        for pair in pairs:
+            prompt = tokenizer.apply_chat_template(pair.prompt, tokenize=False, add_generation_prompt=True)
+            n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            for answer in (pair.chosen, pair.rejected):
+                total = n_prompt + len(tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1
+                lengths.append(total)
+                over += total > max_length
+        stats = length_stats(lengths)
+        out.append(
+            f"  {name} prompt+answer tokens: min {stats['min']}, median {stats['median']:g}, p95 {stats['p95']}, "
+            f"max {stats['max']}; {over:,} of {len(lengths):,} answers longer than data.max_length {max_length} "
+            "(TRL truncates them)"
+        )
+    return out
+
+
+def _preference_samples(tokenizer, pairs) -> list[str]:
+    out = []
+    for index, pair in enumerate(pairs):
+        prompt = tokenizer.apply_chat_template(pair.prompt, tokenize=False, add_generation_prompt=True)
+        out.append(f"\n--- sample {index + 1} ({pair.where})")
+        out.append(f"{prompt}[[chosen: {pair.chosen}]]\n[[rejected: {pair.rejected}]]")
+    return out
