@@ -16,10 +16,11 @@ from llmtune import __version__
 
 app = typer.Typer(
     name="llmtune",
-    help="Train language models from YAML recipes: pretrain, sft, dpo; check data before training.",
+    help="Train language models from YAML recipes: pretrain, sft, dpo, lora-ner; check data before training.",
     epilog="Examples:\n\n"
     "  llmtune sft --recipe recipes/quickstart.yaml\n\n"
     "  llmtune data check --recipe recipes/sft/smollm2-135m-lora-medical.yaml\n\n"
+    "  llmtune lora-ner --recipe recipes/lora-ner/minilm-conll2003.yaml\n\n"
     "  llmtune pretrain --recipe recipes/pretrain/smollm2-135m-continued-lora.yaml\n\n"
     "  llmtune pretrain --recipe recipes/pretrain/gpt2-124m-the-verdict.yaml --print-config\n\n"
     "  llmtune fetch smollm2-135m-instruct",
@@ -222,6 +223,90 @@ def data_check(
 
         use_color = color == "always" or (color == "auto" and sys.stdout.isatty())
         typer.echo(stage.run(loaded, samples=samples, color=use_color))
+
+
+ner_app = typer.Typer(
+    help="Named-entity tagger: a BERT-like encoder + linear + CRF, trained with LoRA. "
+    "`llmtune lora-ner --recipe FILE` trains; `llmtune lora-ner predict --model RUN TEXT` tags text.",
+    epilog="Example: llmtune lora-ner --recipe recipes/lora-ner/minilm-conll2003.yaml",
+)
+app.add_typer(ner_app, name="lora-ner")
+
+
+@ner_app.callback(invoke_without_command=True)
+def lora_ner(
+    ctx: typer.Context,
+    recipe: str = typer.Option(
+        None, "--recipe", "-r", help="YAML recipe file (to train).", show_default=False
+    ),
+    set_: list[str] = SetOption,
+    print_config: bool = PrintConfigOption,
+    overwrite: bool = OverwriteOption,
+    resume: bool = ResumeOption,
+    debug: bool = DebugOption,
+) -> None:
+    if ctx.invoked_subcommand is not None:
+        return
+    with user_errors(debug):
+        from llmtune.errors import LlmtuneError
+
+        if recipe is None:
+            raise LlmtuneError(
+                "llmtune lora-ner needs --recipe FILE to train (or: lora-ner predict --model RUN TEXT)."
+            )
+        loaded = _load(recipe, "NerRecipe", set_)
+        if print_config:
+            typer.echo(loaded.to_yaml(), nl=False)
+            return
+        from llmtune.stages import lora_ner as stage
+
+        stage.run(loaded, overwrite=overwrite, resume=resume)
+
+
+@ner_app.command(
+    "predict", help="Tag raw text (arguments, or --file with one text per line) and print the entities."
+)
+def lora_ner_predict(
+    texts: list[str] = typer.Argument(None, help="Text to tag."),
+    model: str = typer.Option(..., "--model", "-m", help="A lora-ner run folder."),
+    file: str = typer.Option(None, "--file", "-f", help="A text file, one text per line."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        import json
+        from pathlib import Path
+
+        from llmtune.data.ner import entities
+        from llmtune.errors import LlmtuneError
+        from llmtune.stages.lora_ner import load_tagger, split_text, tag_words
+
+        items = list(texts or [])
+        if file:
+            if not Path(file).is_file():
+                raise LlmtuneError(f"--file {file} does not exist.")
+            items += [line for line in Path(file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not items:
+            raise LlmtuneError("give text to tag as arguments or with --file.")
+        tagger, tokenizer, config = load_tagger(Path(model))
+        for text in items:
+            words, offsets = split_text(text, config.get("unit", "word"))
+            tags = tag_words(tagger, tokenizer, words, config.get("max_length", 256)) if words else []
+            found = [
+                {
+                    "type": kind,
+                    "text": text[offsets[s][0] : offsets[e - 1][1]],
+                    "start": offsets[s][0],
+                    "end": offsets[e - 1][1],
+                }
+                for kind, s, e in entities(tags)
+            ]
+            if as_json:
+                typer.echo(json.dumps({"text": text, "entities": found}, ensure_ascii=False))
+            else:
+                typer.echo(text)
+                for ent in found:
+                    typer.echo(f"  {ent['type']:<12} {ent['text']}  [{ent['start']}, {ent['end']})")
 
 
 @app.command(

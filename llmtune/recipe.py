@@ -426,6 +426,49 @@ class DpoSection(Section):
         return [value] if isinstance(value, str) else value
 
 
+# ------------------------------------------------------------------------------------------- ner data
+class NerDataSection(Section):
+    """Token-tagging data: CoNLL/BIO column files or CLUENER span JSON (one character per token)."""
+
+    train_files: list[InputPath] = Field(..., min_length=1)
+    validation_files: list[InputPath] = Field(default_factory=list)
+    test_files: list[InputPath] = Field(default_factory=list, description="Scored at the end of training.")
+    format: Literal["auto", "conll", "span_json"] = Field(
+        "auto", description="auto: .json/.jsonl files are span JSON, anything else CoNLL columns."
+    )
+    tag_column: int = Field(-1, description="CoNLL: the column holding the tag (-1 = the last).")
+    scheme: Literal["BIO", "BIOES"] = "BIO"
+    strict: bool = Field(
+        True, description="BIO: an I-X after O or another type is an error (false: repaired to B-X, counted)."
+    )
+    label_all_subtokens: bool = Field(
+        False, description="Label every sub-token of a word (default: only the first carries loss and tags)."
+    )
+    max_length: int = Field(256, gt=8, description="Sub-tokens per example; longer sentences are split.")
+    stride: int = Field(
+        8, ge=0, description="Words of overlap between the pieces of a split training sentence."
+    )
+    max_samples: int | None = Field(None, gt=0, description="Use only the first N sentences of each file.")
+    on_bad_rows: Literal["error", "skip"] = "error"
+
+    @field_validator("train_files", "validation_files", "test_files", mode="before")
+    @classmethod
+    def _one_file_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class NerSection(Section):
+    """The tagger head."""
+
+    use_crf: bool = Field(
+        True, description="A CRF over the word tags (pytorch-crf), scheme-constrained decoding."
+    )
+    dropout: float = Field(0.1, ge=0, lt=1)
+    seqeval_mode: Literal["default", "strict"] = Field(
+        "default", description="seqeval's entity matching: default (conlleval) or strict (scheme-exact)."
+    )
+
+
 # ------------------------------------------------------------------------------------------------ train
 # TrainingArguments keys that users bring from transformers 4 scripts (MedicalGPT, LLaMA-Factory):
 # renamed keys are mapped with a note; removed ones are dropped with a note that says what replaces them.
@@ -549,6 +592,29 @@ class DpoRecipe(Recipe):
             raise ValueError(
                 f"peft.method {self.peft.method} is not supported for dpo; use lora, dora or qlora"
             )
+        return self
+
+
+class NerRecipe(Recipe):
+    """`llmtune lora-ner`: a BERT-like encoder + linear + optional CRF token tagger, LoRA on the encoder."""
+
+    model: ModelSection
+    data: NerDataSection
+    ner: NerSection = Field(default_factory=NerSection)
+    peft: PeftSection = Field(
+        default_factory=lambda: PeftSection(
+            method="lora", r=8, lora_alpha=16, target_modules=["query", "value"]
+        )
+    )
+    train: TrainSection
+    early_stopping: EarlyStoppingSection | None = None
+
+    @model_validator(mode="after")
+    def check_ner(self) -> NerRecipe:
+        if self.model.from_config is not None:
+            raise ValueError("lora-ner fine-tunes a pretrained encoder: give model.name_or_path")
+        if self.peft.method not in ("none", "lora", "dora"):
+            raise ValueError(f"peft.method {self.peft.method!r}: lora-ner supports none, lora and dora")
         return self
 
 

@@ -231,23 +231,38 @@ def quiet_datasets():
 
 
 class TokenCounter:
-    """Wraps a data collator to count, over training batches, the real tokens (the examples' own lengths,
-    before padding) and the tokens the model processes (the collated input_ids, padding included).
+    """Counts, over training batches, the real tokens (the examples' own lengths, before padding) and the
+    tokens the model processes (the collated input_ids, padding included).
 
     The Trainer's own `non_padding` count compares input_ids with the pad token, which miscounts when
     pad == EOS == the chat template's end-of-turn token (SmolLM2) and in padding-free batches.
+    `attach` gives the wrapped collator to the training dataloader only (evaluation batches share the
+    Trainer's data_collator and must not count).
     """
 
-    def __init__(self, collator, model):
-        self.collator, self.model = collator, model
+    def __init__(self, collator):
+        self.collator = collator
         self.real = self.processed = 0
 
     def __call__(self, examples):
         batch = self.collator(examples)
-        if self.model.training:
-            self.real += sum(len(example["input_ids"]) for example in examples)
-            self.processed += int(batch["input_ids"].numel())
+        self.real += sum(len(example["input_ids"]) for example in examples)
+        self.processed += int(batch["input_ids"].numel())
         return batch
+
+    def attach(self, trainer) -> TokenCounter:
+        build = trainer.get_train_dataloader
+
+        def train_dataloader(*args, **kwargs):
+            shared = trainer.data_collator
+            trainer.data_collator = self
+            try:
+                return build(*args, **kwargs)
+            finally:
+                trainer.data_collator = shared
+
+        trainer.get_train_dataloader = train_dataloader
+        return self
 
     @property
     def padding_share(self) -> float | None:

@@ -64,7 +64,7 @@ class ChatDataReport:
                 f"  {path}: {self.rows_read.get(path, 0):,} rows, format {fmt} ({how})"
                 + (f", weight {weight:g}" if weight != 1.0 else "")
             )
-        if len(self.files) > 1 or any(w != 1.0 for w in self.weights.values()):
+        if len(self.weights) > 1 or any(w != 1.0 for w in self.weights.values()):
             out.append(f"  mixed: {self.rows_after_mixing:,} rows")
         for reason, count in self.skipped_rows.items():
             out.append(

@@ -123,6 +123,19 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
         }
 
         # ---- trainer
+        attention = getattr(model.config, "_attn_implementation", None) or ""
+        batch = train_kwargs.get("per_device_train_batch_size", 8)
+        if recipe.data.packing and "flash" not in attention and batch > 1:
+            # TRL flattens a padding-free batch into one sequence; without a varlen kernel (flash
+            # attention) the attention mask then spans the whole batch: cost quadratic in batch x length.
+            log.warning(
+                "note: data.packing with %s attention flattens each batch of %d packed rows into one "
+                "sequence, so attention costs grow with the square of the whole batch (measured: packed "
+                "ran at 0.75x the unpacked speed at batch 4 here). Use train.per_device_train_batch_size: 1 "
+                "with gradient_accumulation_steps, or flash_attention_2 on a GPU.",
+                attention or "this",
+                batch,
+            )
         has_eval = "validation" in datasets
         args, use_tensorboard = training_arguments(
             recipe,
@@ -150,8 +163,7 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
                 processing_class=tokenizer,
                 callbacks=callbacks,
             )
-        counter = TokenCounter(trainer.data_collator, trainer.model)
-        trainer.data_collator = counter
+        counter = TokenCounter(trainer.data_collator).attach(trainer)
         if recipe.peft.method == "qlora" and not args.bf16:
             # SFTTrainer casts the LoRA weights of a quantised model to bf16 whatever the precision; without
             # bf16 training (a CPU, an fp32 recipe) that only loses precision and saves a bf16 adapter.

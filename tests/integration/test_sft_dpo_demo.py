@@ -24,7 +24,7 @@ def test_quickstart_sft_on_the_demo_model(tmp_path, cli):
     results = json.loads((out / "manifest.json").read_text())["results"]
     assert results["eval_loss"] < results["eval_loss_first"]
     samples = json.loads((out / "samples.json").read_text())
-    assert samples[0]["prompt"].startswith("Which flag") and samples[0]["before"] and samples[0]["after"]
+    assert samples[1]["prompt"].startswith("Which flag") and samples[0]["before"] and samples[0]["after"]
     assert "chat template: the model's own" in result.stderr
 
 

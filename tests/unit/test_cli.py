@@ -9,10 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from llmtune.recipe import DpoRecipe, PretrainRecipe, SftRecipe, load_recipe
+from llmtune.recipe import DpoRecipe, NerRecipe, PretrainRecipe, SftRecipe, load_recipe
 from tests.conftest import REPO, tiny_pretrain_recipe
 
-SHIPPED = {"pretrain": PretrainRecipe, "sft": SftRecipe, "dpo": DpoRecipe, "quickstart.yaml": SftRecipe}
+SHIPPED = {
+    "pretrain": PretrainRecipe,
+    "sft": SftRecipe,
+    "dpo": DpoRecipe,
+    "lora-ner": NerRecipe,
+    "quickstart.yaml": SftRecipe,
+}
 
 
 def run_llmtune(*args: str, env=None) -> subprocess.CompletedProcess:

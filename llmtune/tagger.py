@@ -1,0 +1,144 @@
+"""The token tagger of `llmtune lora-ner`: a BERT-like encoder, a linear emission layer, and an optional CRF.
+
+The CRF is pytorch-crf's (`torchcrf.CRF`); llmtune adds only what it lacks:
+- it runs over the first sub-token of each word (gathered into a dense word sequence), so word pieces
+  never get tags of their own and the transition scores are between words;
+- Viterbi decoding is constrained by the tagging scheme (BIO: no I-X after O or after another type, no
+  I-X first; BIOES likewise), so a prediction is always a valid tag sequence.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+TAGGER_CONFIG = "tagger.json"
+LABELS_FILE = "labels.json"
+NEG = -10000.0
+
+
+def allowed_transitions(labels: list[str], scheme: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(start [C], transitions [C, C], end [C]) boolean masks of what the scheme allows."""
+
+    def split(tag: str) -> tuple[str, str | None]:
+        return (tag, None) if tag == "O" else (tag[0], tag[2:])
+
+    parts = [split(t) for t in labels]
+    n = len(labels)
+    start = torch.ones(n, dtype=torch.bool)
+    end = torch.ones(n, dtype=torch.bool)
+    trans = torch.ones(n, n, dtype=torch.bool)
+    inside = ("I", "E") if scheme == "BIOES" else ("I",)
+    for j, (prefix_j, type_j) in enumerate(parts):
+        if prefix_j in inside:
+            start[j] = False  # an entity cannot start inside
+        if scheme == "BIOES" and prefix_j in ("B", "I"):
+            end[j] = False  # an open entity cannot end the sentence
+        for i, (prefix_i, type_i) in enumerate(parts):
+            opened = prefix_i in ("B", "I")  # an entity of type_i continues after i
+            if prefix_j in inside:
+                trans[i, j] = opened and type_i == type_j
+            elif scheme == "BIOES" and opened:
+                trans[i, j] = False  # B-/I- must be followed by I- or E- of the same type
+    return start, trans, end
+
+
+class Tagger(nn.Module):
+    """encoder → dropout → linear emissions → (CRF over word starts | per-token softmax)."""
+
+    # The loss is a mean over tokens computed here; the Trainer must not pass num_items_in_batch.
+    accepts_loss_kwargs = False
+
+    def __init__(self, encoder, labels: list[str], *, use_crf: bool, scheme: str, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.labels = list(labels)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, len(labels))
+        self.crf = None
+        if use_crf:
+            from torchcrf import CRF
+
+            self.crf = CRF(len(labels), batch_first=True)
+            start, trans, end = allowed_transitions(self.labels, scheme)
+            # float masks (0 allowed, NEG forbidden), added only while decoding
+            self.register_buffer("start_penalty", (~start).float() * NEG, persistent=False)
+            self.register_buffer("transition_penalty", (~trans).float() * NEG, persistent=False)
+            self.register_buffer("end_penalty", (~end).float() * NEG, persistent=False)
+
+    @property
+    def config(self):  # Trainer and PEFT look for model.config
+        return self.encoder.config
+
+    def forward(
+        self, input_ids, attention_mask=None, token_type_ids=None, word_starts=None, labels=None, **_
+    ):
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(**kwargs).last_hidden_state
+        emissions = self.classifier(self.dropout(hidden))
+        if self.crf is None:
+            loss = None
+            if labels is not None:
+                loss = nn.functional.cross_entropy(
+                    emissions.view(-1, emissions.shape[-1]), labels.view(-1), ignore_index=-100
+                )
+            predictions = emissions.argmax(-1)
+            if word_starts is not None:
+                predictions = predictions.masked_fill(~word_starts.bool(), -100)
+            return {"loss": loss, "logits": predictions}
+        if word_starts is None:
+            raise ValueError("the CRF tagger needs word_starts (first sub-token of each word)")
+        word_emissions, word_mask, index = _gather_words(emissions, word_starts.bool())
+        loss = None
+        if labels is not None:
+            word_labels = torch.gather(labels, 1, index).masked_fill(~word_mask, 0).clamp(min=0)
+            loss = -self.crf(word_emissions, word_labels, mask=word_mask, reduction="token_mean")
+        predictions = torch.full_like(input_ids, -100)
+        for row, tags in enumerate(self.decode(word_emissions, word_mask)):
+            predictions[row, index[row, : len(tags)]] = torch.tensor(tags, device=input_ids.device)
+        return {"loss": loss, "logits": predictions}
+
+    @torch.no_grad()
+    def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+        """Viterbi with the scheme's forbidden transitions at -10000 (restored afterwards)."""
+        crf = self.crf
+        saved = (
+            crf.start_transitions.data.clone(),
+            crf.transitions.data.clone(),
+            crf.end_transitions.data.clone(),
+        )
+        crf.start_transitions.data += self.start_penalty
+        crf.transitions.data += self.transition_penalty
+        crf.end_transitions.data += self.end_penalty
+        try:
+            return crf.decode(emissions, mask=mask)
+        finally:
+            crf.start_transitions.data, crf.transitions.data, crf.end_transitions.data = saved
+
+
+def _gather_words(emissions, word_starts):
+    """Dense (B, W, C) emissions of the word-start positions, their mask, and their token indices.
+    Rows without any word get one masked dummy position (the CRF needs mask[:, 0] on)."""
+    counts = word_starts.sum(1)
+    width = max(int(counts.max()), 1)
+    positions = torch.arange(word_starts.shape[1], device=word_starts.device).expand_as(word_starts)
+    # word-start positions first, in order; the rest pushed to the end
+    keys = torch.where(word_starts, positions, positions + word_starts.shape[1])
+    index = keys.argsort(dim=1)[:, :width]
+    mask = torch.arange(width, device=word_starts.device)[None, :] < counts[:, None]
+    mask[:, 0] = True
+    gathered = torch.gather(emissions, 1, index.unsqueeze(-1).expand(-1, -1, emissions.shape[-1]))
+    return gathered, mask, index
+
+
+def save_tagger_config(
+    folder: Path, *, base: str, labels: list[str], use_crf: bool, scheme: str, extra: dict
+):
+    (folder / LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False, indent=1))
+    config = {"base_model": base, "use_crf": use_crf, "scheme": scheme, **extra}
+    (folder / TAGGER_CONFIG).write_text(json.dumps(config, indent=1))
