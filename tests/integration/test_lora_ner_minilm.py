@@ -14,7 +14,9 @@ def test_minilm_lora_crf_learns_conll(tmp_path, cli):
         "--set",
         f"train.output_dir={out}",
         "--set",
-        "data.max_samples=320",
+        "data.max_samples=1200",
+        "--set",
+        "train.per_device_train_batch_size=16",
         "--set",
         "train.num_train_epochs=1",
         "--set",
@@ -25,4 +27,4 @@ def test_minilm_lora_crf_learns_conll(tmp_path, cli):
     assert result.exit_code == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     f1 = [row["eval_f1"] for row in metrics["eval"]]
-    assert f1[0] < 0.2 and f1[-1] > f1[0] + 0.2, f1
+    assert f1[0] < 0.1 and f1[-1] > 0.3, f1
