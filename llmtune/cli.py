@@ -129,6 +129,19 @@ def _load(recipe: str, recipe_class_name: str, overrides: list[str] | None):
     return loaded
 
 
+def _train(stage_name, recipe_class, recipe, set_, print_config, overwrite, resume, debug) -> None:
+    """The body of every training command: load and check the recipe, then run its stage."""
+    import importlib
+
+    with user_errors(debug):
+        loaded = _load(recipe, recipe_class, set_)
+        if print_config:
+            typer.echo(loaded.to_yaml(), nl=False)
+            return
+        stage = importlib.import_module(f"llmtune.stages.{stage_name}")
+        stage.run(loaded, overwrite=overwrite, resume=resume)
+
+
 @app.command(
     help="Continued pretraining (full, LoRA, DoRA) or pretraining from scratch on raw text.",
     epilog="Example: llmtune pretrain --recipe recipes/pretrain/smollm2-135m-continued-lora.yaml --set train.max_steps=5",
@@ -141,14 +154,7 @@ def pretrain(
     resume: bool = ResumeOption,
     debug: bool = DebugOption,
 ) -> None:
-    with user_errors(debug):
-        loaded = _load(recipe, "PretrainRecipe", set_)
-        if print_config:
-            typer.echo(loaded.to_yaml(), nl=False)
-            return
-        from llmtune.stages import pretrain as stage
-
-        stage.run(loaded, overwrite=overwrite, resume=resume)
+    _train("pretrain", "PretrainRecipe", recipe, set_, print_config, overwrite, resume, debug)
 
 
 @app.command(
@@ -163,14 +169,7 @@ def sft(
     resume: bool = ResumeOption,
     debug: bool = DebugOption,
 ) -> None:
-    with user_errors(debug):
-        loaded = _load(recipe, "SftRecipe", set_)
-        if print_config:
-            typer.echo(loaded.to_yaml(), nl=False)
-            return
-        from llmtune.stages import sft as stage
-
-        stage.run(loaded, overwrite=overwrite, resume=resume)
+    _train("sft", "SftRecipe", recipe, set_, print_config, overwrite, resume, debug)
 
 
 @app.command(
@@ -185,14 +184,7 @@ def dpo(
     resume: bool = ResumeOption,
     debug: bool = DebugOption,
 ) -> None:
-    with user_errors(debug):
-        loaded = _load(recipe, "DpoRecipe", set_)
-        if print_config:
-            typer.echo(loaded.to_yaml(), nl=False)
-            return
-        from llmtune.stages import dpo as stage
-
-        stage.run(loaded, overwrite=overwrite, resume=resume)
+    _train("dpo", "DpoRecipe", recipe, set_, print_config, overwrite, resume, debug)
 
 
 data_app = typer.Typer(help="Inspect training data without training.", no_args_is_help=True)
@@ -254,13 +246,7 @@ def lora_ner(
             raise LlmtuneError(
                 "llmtune lora-ner needs --recipe FILE to train (or: lora-ner predict --model RUN TEXT)."
             )
-        loaded = _load(recipe, "NerRecipe", set_)
-        if print_config:
-            typer.echo(loaded.to_yaml(), nl=False)
-            return
-        from llmtune.stages import lora_ner as stage
-
-        stage.run(loaded, overwrite=overwrite, resume=resume)
+    _train("lora_ner", "NerRecipe", recipe, set_, print_config, overwrite, resume, debug)
 
 
 @ner_app.command(

@@ -217,17 +217,14 @@ def _merged_adapter_model(section, resolved, tokenizer, dtype, quantization):
             f"{folder} holds a {adapter.get('peft_type')} adapter, which cannot be merged into its base; "
             "train on top of it is not supported. Start from the base model instead."
         )
+    if quantization is not None:  # checked before any weights load
+        raise LlmtuneError(
+            f"peft.method qlora on top of the adapter run {folder}: merge it first and quantise the merged folder."
+        )
     log.info("Loading %s with the adapter from %s merged in", base, folder)
-    from llmtune.hub import resolve_model
-
     base_resolved = resolve_model(base, hub=section.hub, weights=True)
     base_model = load_causal_lm(section.model_copy(update={"name_or_path": base}), base_resolved, tokenizer)
     model = PeftModel.from_pretrained(base_model, str(folder)).merge_and_unload()
-    if quantization is not None:
-        raise LlmtuneError(
-            f"peft.method qlora on top of the adapter run {folder}: merge it first (llmtune merge) and quantise "
-            "the merged folder."
-        )
     return model
 
 

@@ -18,7 +18,7 @@ GREEN, RESET = "\033[32m", "\033[0m"
 
 
 def run(recipe: SftRecipe | DpoRecipe, *, samples: int = 2, color: bool = False) -> str:
-    """The report as text (also returned as data by `inspect`)."""
+    """The report as text."""
     preference = isinstance(recipe, DpoRecipe)
     resolved = resolve_model_source(recipe.model)
     tokenizer = load_tokenizer(recipe.model, resolved)
