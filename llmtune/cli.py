@@ -78,7 +78,7 @@ def user_errors(debug: bool):
         if debug:
             raise
         typer.echo(f"llmtune: error: {exc.render()}", err=True)
-        raise typer.Exit(EXIT_USER_ERROR) from None
+        raise typer.Exit(getattr(exc, "exit_code", EXIT_USER_ERROR)) from None
     except KeyboardInterrupt:
         if debug:
             raise
@@ -293,6 +293,51 @@ def lora_ner_predict(
                 typer.echo(text)
                 for ent in found:
                     typer.echo(f"  {ent['type']:<12} {ent['text']}  [{ent['start']}, {ent['end']})")
+
+
+@app.command(
+    help="Merge a LoRA/DoRA/IA3 adapter into its base and write a plain HF model folder; the merged model "
+    "is loaded back and checked against the adapter (logits and greedy answers) before --out is written.",
+    epilog="Example: llmtune merge --adapter runs/quickstart --out models/smollm2-quickstart",
+)
+def merge(
+    adapter: str = typer.Option(
+        ..., "--adapter", "-a", help="Adapter folder (an llmtune run) or hub id.", show_default=False
+    ),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for the merged model.", show_default=False),
+    base: str = typer.Option(
+        None, "--base", help="Base model (default: the one the adapter was trained on).", show_default=False
+    ),
+    dtype: str = typer.Option("float32", "--dtype", help="Saved dtype: float32, bfloat16 or float16."),
+    max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Largest safetensors shard."),
+    tolerance: float = typer.Option(
+        1e-4, "--tolerance", help="Largest allowed |merged - adapter| logit difference (float32)."
+    ),
+    hub: str = typer.Option("auto", "--hub", help="auto, hf or modelscope (for hub ids)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out (after the check)."),
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        from llmtune.errors import LlmtuneError
+
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise LlmtuneError(f"--dtype {dtype!r}: expected float32, bfloat16 or float16.")
+        if not tolerance > 0:
+            raise LlmtuneError(f"--tolerance {tolerance}: must be a positive number.")
+        if hub not in ("auto", "hf", "modelscope"):
+            raise LlmtuneError(f"--hub {hub!r}: expected auto, hf or modelscope.")
+        from llmtune.stages import merge as stage
+
+        stage.run(
+            adapter,
+            out,
+            base=base,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+            tolerance=tolerance,
+            hub=hub,
+        )
 
 
 @app.command(
