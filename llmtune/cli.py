@@ -341,6 +341,68 @@ def merge(
 
 
 @app.command(
+    name="eval",
+    help="Evaluate a model (base, GGUF, merged folder, adapter run, lora-ner run): perplexity, multiple-choice "
+    "benchmarks (MMLU/CMMLU layouts), generation, NER F1; --compare A B puts two models side by side.",
+    epilog="Examples: llmtune eval --recipe recipes/eval/quickstart-compare.yaml  |  "
+    "llmtune eval --model smollm2-135m-instruct --mcq ../shared/data/mcq/mmlu/dev",
+)
+def eval_(
+    recipe: str = typer.Option(None, "--recipe", "-r", help="YAML eval recipe.", show_default=False),
+    model: str = typer.Option(None, "--model", "-m", help="Model to evaluate (sets model.name_or_path)."),
+    compare: tuple[str, str] = typer.Option(
+        None, "--compare", help="Two models to evaluate side by side.", show_default=False
+    ),
+    perplexity: list[str] = typer.Option(None, "--perplexity", help="Text file for perplexity. Repeatable."),
+    mcq: list[str] = typer.Option(None, "--mcq", help="MMLU/CMMLU CSV file or folder. Repeatable."),
+    generate: list[str] = typer.Option(None, "--generate", help="A prompt to answer. Repeatable."),
+    ner: list[str] = typer.Option(None, "--ner", help="BIO or span-JSON file for NER F1. Repeatable."),
+    out: str = typer.Option(None, "--out", "-o", help="Results folder (sets eval.output_dir)."),
+    set_: list[str] = SetOption,
+    print_config: bool = PrintConfigOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty results folder."),
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        import json
+        from pathlib import Path
+
+        from llmtune.recipe import EvalRecipe, load_yaml_file, recipe_from_mapping
+
+        raw = load_yaml_file(recipe) if recipe else {}
+        base_dir = Path(recipe).resolve().parent if recipe else Path.cwd()
+        source = recipe or "<command line>"
+        # Flags are relative to the current folder, recipe values to the recipe's: flags go in as
+        # absolute paths after the recipe's own have been resolved.
+        flags: list[str] = []
+        if model:
+            flags.append(f"model.name_or_path={json.dumps(_flag_path(model))}")
+        if compare:
+            flags.append(f"eval.compare={json.dumps([_flag_path(c) for c in compare])}")
+        if out:
+            flags.append(f"eval.output_dir={json.dumps(out)}")
+        for task, values in (("perplexity", perplexity), ("mcq", mcq), ("ner", ner)):
+            if values:
+                flags.append(f"{task}.files={json.dumps([_flag_path(v) for v in values])}")
+        if generate:
+            flags.append(f"generate.prompts={json.dumps(list(generate))}")
+        loaded = recipe_from_mapping(raw, EvalRecipe, source, base_dir, [*flags, *(set_ or [])])
+        if print_config:
+            typer.echo(loaded.to_yaml(), nl=False)
+            return
+        from llmtune.stages import eval as stage
+
+        stage.run(loaded, overwrite=overwrite)
+
+
+def _flag_path(value: str) -> str:
+    """A command-line path made absolute (it is relative to the current folder, not to the recipe)."""
+    from pathlib import Path
+
+    return str(Path(value).resolve()) if Path(value).exists() else value
+
+
+@app.command(
     help="Download a hub model into the local cache, or convert a demo model, so later runs work offline.",
     epilog="Example: llmtune fetch smollm2-135m-instruct  |  llmtune fetch bigscience/bloomz-560m --hub modelscope",
 )

@@ -618,6 +618,136 @@ class NerRecipe(Recipe):
         return self
 
 
+# ------------------------------------------------------------------------------------------------ eval
+class EvalSection(Section):
+    """How `llmtune eval` runs: where results go, the chat template, two models to compare."""
+
+    output_dir: str | None = Field(
+        None, description="Results folder (default: runs/eval-<date>-<time>); never overwritten silently."
+    )
+    compare: list[str] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="Two models (name, folder or run) to compare side by side.",
+    )
+    template: str | None = Field(
+        None,
+        description="Chat template for every model: a built-in name or Jinja (default: the first model's own).",
+    )
+
+
+class PerplexityTaskSection(Section):
+    """Perplexity on text files with a sliding window (HF's recipe)."""
+
+    files: list[InputPath] = Field(..., min_length=1)
+    text_field: str = Field("text", description="Field holding the text in .jsonl/.json rows.")
+    join: str = Field(
+        "\n\n", description="Joins the documents of a file (HF's recipe joins with blank lines)."
+    )
+    max_length: int = Field(1024, ge=2, description="Window length in tokens.")
+    stride: int = Field(512, gt=0, description="Tokens the window moves; each token is scored once.")
+    batch_size: int = Field(4, gt=0)
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _one_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def check_stride(self) -> PerplexityTaskSection:
+        if self.stride > self.max_length:
+            raise ValueError(f"perplexity.stride {self.stride} is larger than max_length {self.max_length}")
+        return self
+
+
+class McqTaskSection(Section):
+    """Multiple-choice questions in the MMLU / CMMLU CSV layouts, scored by log-likelihood."""
+
+    files: list[InputPath] = Field(
+        ..., min_length=1, description="CSV files or folders of them (one subject each)."
+    )
+    layout: Literal["auto", "mmlu", "mmlu_original", "cmmlu"] = "auto"
+    shots: int = Field(0, ge=0, description="Worked examples before each question, from shots_files.")
+    shots_files: list[InputPath] = Field(
+        default_factory=list, description="Dev files with the k-shot examples (matched by subject)."
+    )
+    score: Literal["letter", "text", "both"] = Field(
+        "letter", description="Score the answer letter, each option's text, or both."
+    )
+    chat: bool = Field(False, description="Put the question in the chat template (the harnesses do not).")
+    max_questions: int | None = Field(None, gt=0, description="Score only the first N questions per subject.")
+    batch_size: int = Field(8, gt=0)
+    on_bad_rows: Literal["error", "skip"] = "error"
+
+    @field_validator("files", "shots_files", mode="before")
+    @classmethod
+    def _one_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class GenerateTaskSection(Section):
+    """Answers to prompts through the chat template."""
+
+    prompts: list[str] = Field(default_factory=list)
+    prompts_file: InputPath | None = Field(
+        None, description="A .txt file (one prompt per line) or .jsonl rows."
+    )
+    system: str | None = None
+    max_new_tokens: int = Field(128, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    seed: int = 0
+    batch_size: int = Field(4, gt=0)
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _one_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class NerTaskSection(Section):
+    """Entity F1 of a lora-ner run."""
+
+    files: list[InputPath] = Field(..., min_length=1)
+    model: InputPath | None = Field(
+        None, description="The lora-ner run (default: the model under evaluation)."
+    )
+    format: Literal["auto", "conll", "span_json"] = "auto"
+    tag_column: int = -1
+    max_samples: int | None = Field(None, gt=0)
+    on_bad_rows: Literal["error", "skip"] = "error"
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _one_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class EvalRecipe(Recipe):
+    """`llmtune eval`: perplexity, multiple choice, generation and NER F1 on one model or two."""
+
+    model: ModelSection | None = None
+    eval: EvalSection = Field(default_factory=EvalSection)
+    perplexity: PerplexityTaskSection | None = None
+    mcq: McqTaskSection | None = None
+    generate: GenerateTaskSection | None = None
+    ner: NerTaskSection | None = None
+
+    @property
+    def tasks(self) -> list[str]:
+        return [name for name in ("perplexity", "mcq", "generate", "ner") if getattr(self, name) is not None]
+
+    @model_validator(mode="after")
+    def check_eval(self) -> EvalRecipe:
+        if not self.tasks:
+            raise ValueError("no task: add at least one of the sections perplexity, mcq, generate, ner")
+        return self
+
+
 def _check_chat_recipe(recipe, preference: bool) -> None:
     if recipe.model.from_config is not None:
         raise ValueError(
@@ -645,9 +775,18 @@ def load_recipe(
 ) -> Recipe:
     """Read `path`, merge `overrides` ("section.key=value", value parsed as YAML), validate, and return
     the typed recipe. Every problem is raised as one `LlmtuneError` listing all the bad keys."""
-    source = str(path)
     raw = _read_yaml_mapping(Path(path))
-    base_dir = Path(path).resolve().parent
+    return recipe_from_mapping(raw, recipe_class, str(path), Path(path).resolve().parent, overrides)
+
+
+def recipe_from_mapping(
+    raw: dict[str, Any],
+    recipe_class: type[Recipe],
+    source: str,
+    base_dir: Path,
+    overrides: list[str] | None = None,
+) -> Recipe:
+    """`load_recipe` for a mapping built in code (e.g. from command-line flags); paths relative to `base_dir`."""
     given: dict[str, str] = {}
     _resolve_input_paths(raw, recipe_class, base_dir, given)
     override_keys: dict[str, str] = {}
@@ -813,6 +952,14 @@ def _resolve_input_paths(
                     candidate = base_dir / os.path.expanduser(value)
                     if _is_local_looking(value) or candidate.exists():
                         section_value[key] = _resolve_one(value, base_dir, given)
+        if section_class is EvalSection and isinstance(section_value.get("compare"), list):
+            section_value["compare"] = [
+                _resolve_one(v, base_dir, given)
+                if isinstance(v, str)
+                and (_is_local_looking(v) or (base_dir / os.path.expanduser(v)).exists())
+                else v
+                for v in section_value["compare"]
+            ]
 
 
 def _check_override_path(key: str, recipe_class: type[BaseModel], item: str) -> None:

@@ -173,6 +173,11 @@ def test_full_run_saves_and_predict_tags_text(tmp_path, tiny_english_bert, cli, 
         ("MISC", "German", 11),
         ("MISC", "British", 34),
     ]
+    # llmtune eval scores the saved run as training's final evaluation did (same file: F1 1.0).
+    scored = cli("eval", "--model", str(run), "--ner", str(few), "--out", str(tmp_path / "ner-eval"))
+    assert scored.exit_code == 0, scored.stderr
+    ner = json.loads((tmp_path / "ner-eval" / "results.json").read_text())["results"][str(run)]["ner"]
+    assert ner["f1"] == 1.0 and ner["sentences"] == 8
 
 
 def test_lora_adapter_saves_the_trained_head_and_crf(tmp_path, tiny_english_bert, cli, write_recipe):

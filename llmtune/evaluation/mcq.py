@@ -1,0 +1,309 @@
+"""Multiple-choice benchmarks (MMLU, CMMLU layouts) scored by log-likelihood, as their own harnesses do.
+
+Prompts follow the original harnesses word for word:
+- MMLU: hendrycks/test `evaluate.py` (`gen_prompt` + `format_example`): "The following are multiple choice
+  questions (with answers) about{ subject words}.\\n\\n", each question as "Q\\nA. a\\nB. b\\nC. c\\nD. d\\n
+  Answer:" and, for the k shots, " X\\n\\n" after it. (Its `format_subject` puts a space before every
+  word, so the header has two spaces after "about"; kept, because scores are comparable only on the
+  same prompt.)
+- CMMLU: haonan-li/CMMLU `src/mp_utils.py`: "以下是关于{科目}的单项选择题，请直接给出正确答案的选项。\\n\\n",
+  "题目：Q\\nA. a\\n...\\n答案是：" and "X\\n\\n" for shots.
+The predicted answer is the letter whose token has the highest log-probability after the prompt
+(" A" after "Answer:", "A" after "答案是："). With `score: text` (or both) each option's full text is scored
+as the continuation instead: summed log-likelihood (acc_text) and per character (acc_text_norm, as
+lm-evaluation-harness's acc_norm).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmtune.data.sources import BadRows, read_text_file, report_bad_row
+from llmtune.errors import LlmtuneError
+
+LETTERS = "ABCD"
+# CMMLU's name_en2zh for the subjects shipped with the shared data; other subjects fall back to the
+# English words.
+CMMLU_SUBJECTS = {
+    "anatomy": "解剖学",
+    "clinical_knowledge": "临床知识",
+    "college_medicine": "大学医学",
+    "computer_science": "计算机科学",
+    "high_school_mathematics": "高中数学",
+    "machine_learning": "机器学习",
+    "college_computer_science": "大学计算机科学",
+    "college_mathematics": "大学数学",
+    "professional_medicine": "专业医学",
+}
+
+
+@dataclass
+class Question:
+    subject: str
+    question: str
+    options: list[str]
+    answer: int  # 0-3
+    where: str
+
+
+@dataclass
+class QuestionFile:
+    path: Path
+    layout: str  # mmlu | mmlu_original | cmmlu
+    subject: str
+    questions: list[Question] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ reading
+def subject_of(path: Path) -> str:
+    return re.sub(r"_(dev|test|val)$", "", path.stem)
+
+
+def detect_layout(header: list[str]) -> str:
+    names = [h.strip() for h in header]
+    if names[1:7] == ["Question", "A", "B", "C", "D", "Answer"]:
+        return "cmmlu"
+    if [n.lower() for n in names[:6]] == ["question", "choice0", "choice1", "choice2", "choice3", "answer"]:
+        return "mmlu"
+    if [n.lower() for n in names[:6]] == ["question", "a", "b", "c", "d", "answer"]:
+        return "mmlu_columns"
+    return "mmlu_original"
+
+
+def read_questions(path: Path, layout: str, on_bad_rows: str, bad: BadRows) -> QuestionFile:
+    """Questions of one CSV file. Layouts: mmlu (header question,choice0..3,answer 0-3 or A-D),
+    mmlu_original (hendrycks: no header, question,A,B,C,D,letter), cmmlu (,Question,A,B,C,D,Answer)."""
+    text = read_text_file(path).lstrip("\ufeff")
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        raise LlmtuneError(f"mcq.files: {path} is empty.")
+    found = detect_layout(rows[0])
+    if layout == "auto":
+        layout = found
+    elif layout == "mmlu_original" and found != "mmlu_original":
+        raise LlmtuneError(f"mcq.layout mmlu_original: {path} has a header row ({','.join(rows[0][:6])}).")
+    has_header = layout != "mmlu_original"
+    offset = 1 if layout == "cmmlu" else 0
+    out = QuestionFile(path, layout, subject_of(path))
+    for number, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
+        where = f"{path} line {number}"  # CSV record number (a quoted field may span lines)
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < offset + 6:
+            report_bad_row(where, f"expected {offset + 6} columns, found {len(row)}", on_bad_rows, bad)
+            continue
+        question, *options, answer = row[offset : offset + 6]
+        answer = answer.strip()
+        if answer in LETTERS and answer:
+            index = LETTERS.index(answer)
+        elif answer in ("0", "1", "2", "3"):
+            index = int(answer)
+        else:
+            report_bad_row(where, f"answer {answer!r} is not one of A-D or 0-3", on_bad_rows, bad)
+            continue
+        if not question.strip():
+            report_bad_row(where, "empty question", on_bad_rows, bad)
+            continue
+        out.questions.append(Question(out.subject, question, options, index, where))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ prompts
+def header(layout: str, subject: str) -> str:
+    if layout == "cmmlu":
+        name = CMMLU_SUBJECTS.get(subject, subject.replace("_", " "))
+        return f"以下是关于{name}的单项选择题，请直接给出正确答案的选项。\n\n"
+    words = "".join(" " + word for word in subject.split("_"))  # hendrycks format_subject
+    return f"The following are multiple choice questions (with answers) about {words}.\n\n"
+
+
+def format_question(layout: str, q: Question, with_answer: bool) -> str:
+    if layout == "cmmlu":
+        text = "题目：" + q.question
+        text += "".join(f"\n{LETTERS[i]}. {option}" for i, option in enumerate(q.options))
+        text += "\n答案是："
+        return text + (f"{LETTERS[q.answer]}\n\n" if with_answer else "")
+    text = q.question + "".join(f"\n{LETTERS[i]}. {option}" for i, option in enumerate(q.options))
+    text += "\nAnswer:"
+    return text + (f" {LETTERS[q.answer]}\n\n" if with_answer else "")
+
+
+def answer_prefix(layout: str) -> str:
+    """What comes between the prompt and the letter: MMLU's " A", CMMLU's "A"."""
+    return "" if layout == "cmmlu" else " "
+
+
+def build_prompt(layout: str, q: Question, shots: list[Question]) -> str:
+    return (
+        header(layout, q.subject)
+        + "".join(format_question(layout, s, True) for s in shots)
+        + format_question(layout, q, False)
+    )
+
+
+# ------------------------------------------------------------------------------------------ scoring
+def continuation_log_likelihoods(
+    model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int, add_special_tokens: bool = True
+) -> list[float]:
+    """log p(continuation | context) for each (context, continuation), summed over its tokens.
+
+    The pair is tokenised whole and split where the context's own tokens end (so " A" joins the
+    context's last token exactly as it would in running text); when the tokeniser merges across that
+    boundary, the continuation is tokenised on its own and appended. Contexts are scored once when every
+    continuation of a context is a single token (the usual case for answer letters).
+    """
+    import torch
+
+    encoded = []
+    for context, continuation in pairs:
+        context_ids = tokenizer(context, add_special_tokens=add_special_tokens)["input_ids"]
+        whole = tokenizer(context + continuation, add_special_tokens=add_special_tokens)["input_ids"]
+        if whole[: len(context_ids)] == context_ids and len(whole) > len(context_ids):
+            continuation_ids = whole[len(context_ids) :]
+        else:
+            continuation_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        encoded.append((context_ids, continuation_ids))
+
+    # One forward per distinct context when all its continuations are one token long.
+    single = {}
+    for context_ids, continuation_ids in encoded:
+        key = tuple(context_ids)
+        single[key] = single.get(key, True) and len(continuation_ids) == 1
+    sequences: dict[tuple, list[int]] = {}
+    for context_ids, continuation_ids in encoded:
+        if single[tuple(context_ids)]:
+            sequences.setdefault(tuple(context_ids), context_ids)
+        else:
+            sequences.setdefault(tuple(context_ids + continuation_ids), context_ids + continuation_ids)
+    # The (position, token) pairs each sequence must score: only those rows of the logits are
+    # normalised (a full log-softmax table is length x vocabulary floats per sequence).
+    wanted: dict[tuple, set] = {key: set() for key in sequences}
+    for context_ids, continuation_ids in encoded:
+        if single[tuple(context_ids)]:
+            wanted[tuple(context_ids)].add((len(context_ids) - 1, continuation_ids[0]))
+        else:
+            first = len(context_ids)
+            key = tuple(context_ids + continuation_ids)
+            wanted[key].update((first + i - 1, token) for i, token in enumerate(continuation_ids))
+    keys = list(sequences)
+    device = next(model.parameters()).device
+    found: dict[tuple, dict] = {}
+    order = sorted(range(len(keys)), key=lambda i: -len(keys[i]))  # similar lengths share a batch
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(order), batch_size):
+        chunk = [keys[i] for i in order[start : start + batch_size]]
+        width = max(len(k) for k in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros(len(chunk), width, dtype=torch.long)
+        for row, key in enumerate(chunk):  # right padding: real positions never see the padding
+            input_ids[row, : len(key)] = torch.tensor(key)
+            attention[row, : len(key)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+        for row, key in enumerate(chunk):
+            pairs_here = sorted(wanted[key])
+            positions = sorted({p for p, _ in pairs_here})
+            table = torch.log_softmax(logits[row, positions].float(), dim=-1)
+            index = {p: i for i, p in enumerate(positions)}
+            found[key] = {(p, t): float(table[index[p], t]) for p, t in pairs_here}
+    scores = []
+    for context_ids, continuation_ids in encoded:
+        if single[tuple(context_ids)]:
+            scores.append(found[tuple(context_ids)][(len(context_ids) - 1, continuation_ids[0])])
+            continue
+        values = found[tuple(context_ids + continuation_ids)]
+        first = len(context_ids)
+        scores.append(sum(values[(first + i - 1, token)] for i, token in enumerate(continuation_ids)))
+    return scores
+
+
+def evaluate_mcq(model, tokenizer, question_files: list[QuestionFile], section, shots_from: dict) -> dict:
+    """Accuracy per subject ("mmlu/anatomy"), per benchmark when both are scored, and overall (micro over
+    questions, macro over subjects), with the per-question rows."""
+    from tqdm.auto import tqdm
+
+    chat = section.chat
+    rows, per_subject = [], {}
+    truncated = 0
+    limit = _context_limit(model)
+    for qfile in tqdm(question_files, desc="mcq", unit="subject", leave=False):
+        layout = qfile.layout
+        questions = qfile.questions[: section.max_questions] if section.max_questions else qfile.questions
+        for q in questions:
+            pool = [s for s in shots_from.get(q.subject, []) if s.where != q.where]
+            shots = pool[: section.shots]
+            prompt = build_prompt(layout, q, shots)
+            while shots and limit and len(tokenizer(prompt)["input_ids"]) + 8 > limit:
+                shots = shots[:-1]  # as the harnesses do: fewer shots rather than a cut question
+                prompt = build_prompt(layout, q, shots)
+                truncated += 1
+            prefix = answer_prefix(layout)
+            if chat:
+                prompt = tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+                )
+                prefix = ""
+            pairs = [(prompt, prefix + letter) for letter in LETTERS[: len(q.options)]]
+            if section.score in ("text", "both"):
+                pairs += [(prompt, prefix + option) for option in q.options]
+            scores = continuation_log_likelihoods(
+                model, tokenizer, pairs, batch_size=section.batch_size, add_special_tokens=not chat
+            )
+            letters = scores[: len(q.options)]
+            benchmark = "cmmlu" if layout == "cmmlu" else "mmlu"
+            row = {
+                "benchmark": benchmark,
+                "subject": f"{benchmark}/{q.subject}",
+                "where": q.where,
+                "answer": LETTERS[q.answer],
+                "shots": len(shots),
+                "letter_log_likelihoods": letters,
+                "predicted": LETTERS[max(range(len(letters)), key=letters.__getitem__)],
+            }
+            if section.score in ("text", "both"):
+                texts = scores[len(q.options) :]
+                norm = [s / max(len(prefix + o), 1) for s, o in zip(texts, q.options, strict=True)]
+                row["text_log_likelihoods"] = texts
+                row["predicted_text"] = LETTERS[max(range(len(texts)), key=texts.__getitem__)]
+                row["predicted_text_norm"] = LETTERS[max(range(len(norm)), key=norm.__getitem__)]
+            rows.append(row)
+            per_subject.setdefault(row["subject"], []).append(row)
+    if not rows:
+        raise LlmtuneError("mcq: no questions to score (check mcq.files).")
+    metrics = {"questions": len(rows), "subjects": {}, "shots_reduced_to_fit": truncated}
+    for name in ("predicted", "predicted_text", "predicted_text_norm"):
+        if name not in rows[0]:
+            continue
+        key = {
+            "predicted": "accuracy",
+            "predicted_text": "accuracy_text",
+            "predicted_text_norm": "accuracy_text_norm",
+        }[name]
+        metrics[key] = sum(r[name] == r["answer"] for r in rows) / len(rows)
+        subject_scores = {
+            s: sum(r[name] == r["answer"] for r in rs) / len(rs) for s, rs in sorted(per_subject.items())
+        }
+        metrics[f"macro_{key}"] = sum(subject_scores.values()) / len(subject_scores)
+        for subject, value in subject_scores.items():
+            metrics["subjects"].setdefault(subject, {"questions": len(per_subject[subject])})[key] = value
+        benchmarks = sorted({r["benchmark"] for r in rows})
+        if len(benchmarks) > 1:
+            for benchmark in benchmarks:
+                chosen = [r for r in rows if r["benchmark"] == benchmark]
+                metrics.setdefault("benchmarks", {}).setdefault(benchmark, {"questions": len(chosen)})[
+                    key
+                ] = sum(r[name] == r["answer"] for r in chosen) / len(chosen)
+    return {"metrics": metrics, "rows": rows}
+
+
+def _context_limit(model) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None

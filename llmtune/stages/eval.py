@@ -1,0 +1,295 @@
+"""`llmtune eval`: perplexity, multiple choice, generation and NER F1 on a model, or on two side by side.
+
+    llmtune eval --recipe recipes/eval/smollm2-mmlu-cmmlu.yaml
+    llmtune eval --recipe recipes/eval/quickstart-compare.yaml      (base vs the quickstart adapter)
+    llmtune eval --model runs/quickstart --mcq ../shared/data/mcq/mmlu/dev --generate "What is LoRA?"
+
+Read top to bottom: results folder → inputs read and checked (before any model loads) → for each model:
+load (base, GGUF, merged folder, adapter run, lora-ner run) → tasks → results.json, per-question and
+generation JSONL, report.md; with two models also compare.json / compare.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmtune.data.sources import BadRows, expand_sources
+from llmtune.errors import LlmtuneError
+from llmtune.evaluation import report as reports
+from llmtune.outputs import MANIFEST, new_manifest, write_json
+from llmtune.recipe import EvalRecipe
+
+log = logging.getLogger("llmtune")
+LM_TASKS = ("perplexity", "mcq", "generate")
+
+
+@dataclass
+class Inputs:
+    """Everything read from disk before a model loads, so bad data fails in seconds."""
+
+    perplexity_files: list[Path]
+    question_files: list
+    shots: dict
+    prompts: list[str]
+    ner_files: list[Path]
+    skipped: dict
+
+
+def run(recipe: EvalRecipe, *, overwrite: bool = False) -> dict:
+    names = _model_names(recipe)
+    out_dir = _output_dir(recipe, overwrite)
+    inputs = _read_inputs(recipe)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = new_manifest("eval", recipe.source)
+    manifest.update(models=names, tasks=recipe.tasks, status="running")
+    write_json(out_dir / MANIFEST, manifest)
+    (out_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    all_results: dict[str, dict] = {}
+    labels = _labels(names)
+    template = recipe.eval.template
+    try:
+        for name, label in zip(names, labels, strict=True):
+            log.info("== %s", name)
+            results, template = _evaluate(recipe, name, inputs, template, out_dir, label)
+            all_results[name] = results
+            (out_dir / f"report-{label}.md").write_text(_report_markdown(name, results), encoding="utf-8")
+        summary = {"models": names, "results": all_results}
+        write_json(out_dir / "results.json", summary)
+        if len(names) == 2:
+            table = reports.comparison(names, [all_results[n] for n in names])
+            write_json(out_dir / "compare.json", table)
+            (out_dir / "compare.md").write_text(reports.comparison_markdown(table), encoding="utf-8")
+            print(reports.comparison_text(table))
+        else:
+            for task, metric, value in reports.metric_rows(all_results[names[0]]):
+                print(f"{task}: {metric:<40} {value:.4f}")
+        manifest.update(status="completed", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        write_json(out_dir / MANIFEST, manifest)
+    except BaseException as exc:
+        manifest.update(
+            status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)
+        )
+        write_json(out_dir / MANIFEST, manifest)
+        raise
+    log.info("results: %s", out_dir)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def _model_names(recipe: EvalRecipe) -> list[str]:
+    if recipe.eval.compare:
+        return list(recipe.eval.compare)
+    if recipe.model is None or not recipe.model.name_or_path:
+        raise LlmtuneError(
+            "no model to evaluate: set model.name_or_path in the recipe, or pass --model NAME (or --compare A B)."
+        )
+    return [recipe.model.name_or_path]
+
+
+def _output_dir(recipe: EvalRecipe, overwrite: bool) -> Path:
+    if recipe.eval.output_dir is None:
+        return Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
+    path = Path(recipe.eval.output_dir)
+    if path.exists() and not path.is_dir():
+        raise LlmtuneError(f"eval.output_dir {path} is a file; give a folder.")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise LlmtuneError(
+                f"eval.output_dir {path} is not empty; llmtune does not overwrite results silently.",
+                hint="Pass --overwrite to replace them, or give a new folder (--out DIR).",
+            )
+        import shutil
+
+        shutil.rmtree(path)
+    return path
+
+
+def _read_inputs(recipe: EvalRecipe) -> Inputs:
+    from llmtune.evaluation.generation import read_prompts
+    from llmtune.evaluation.mcq import read_questions
+
+    describe = recipe.describe_path
+    bad = BadRows()
+    perplexity_files, question_files, shots, prompts, ner_files = [], [], {}, [], []
+    if recipe.perplexity:
+        perplexity_files = expand_sources(
+            recipe.perplexity.files, "perplexity.files", (".txt", ".md", ".jsonl", ".json"), describe
+        )
+    if recipe.mcq:
+        section = recipe.mcq
+        for path in expand_sources(section.files, "mcq.files", (".csv",), describe):
+            question_files.append(read_questions(path, section.layout, section.on_bad_rows, bad))
+        if section.shots and not section.shots_files:
+            raise LlmtuneError(
+                f"mcq.shots {section.shots}: set mcq.shots_files to the dev files the worked examples come from."
+            )
+        for path in expand_sources(section.shots_files, "mcq.shots_files", (".csv",), describe):
+            found = read_questions(path, section.layout, section.on_bad_rows, bad)
+            shots.setdefault(found.subject, []).extend(found.questions)
+        missing = sorted({f.subject for f in question_files} - set(shots)) if section.shots else []
+        if missing:
+            raise LlmtuneError(
+                f"mcq.shots_files has no examples for subject(s) {', '.join(missing)}; "
+                "name the dev file of each subject (files are matched by name, e.g. anatomy_dev.csv)."
+            )
+    if recipe.generate:
+        prompts = read_prompts(recipe.generate)
+    if recipe.ner:
+        ner_files = expand_sources(
+            recipe.ner.files, "ner.files", (".txt", ".conll", ".bio", ".tsv", ".json", ".jsonl"), describe
+        )
+    if bad.total:
+        for reason, count in bad.counts.items():
+            log.warning("skipped %d row(s): %s (first: %s)", count, reason, bad.examples[reason])
+    return Inputs(perplexity_files, question_files, shots, prompts, ner_files, dict(bad.counts))
+
+
+def _labels(names: list[str]) -> list[str]:
+    labels = []
+    for name in names:
+        label = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name.rstrip("/")).name or name).strip("-") or "model"
+        while label in labels:
+            label += "-2"
+        labels.append(label)
+    return labels
+
+
+# ------------------------------------------------------------------------------------------ models
+def _evaluate(recipe: EvalRecipe, name: str, inputs: Inputs, template, out_dir: Path, label: str):
+    """Run every task on model `name`; returns (results, the template to give the next model)."""
+    from llmtune.evaluation.generation import generate, write_jsonl
+    from llmtune.evaluation.mcq import evaluate_mcq
+    from llmtune.evaluation.ner import evaluate_ner
+    from llmtune.evaluation.perplexity import evaluate_perplexity
+
+    results: dict = {"model": name}
+    if inputs.skipped:
+        results["skipped_rows"] = inputs.skipped
+    is_tagger = (Path(name) / "tagger.json").is_file()
+    lm_tasks = [t for t in LM_TASKS if getattr(recipe, t) is not None]
+    if is_tagger and lm_tasks:
+        raise LlmtuneError(
+            f"{name} is a lora-ner tagger; tasks {', '.join(lm_tasks)} need a causal language model. "
+            "Evaluate the tagger with the ner section only."
+        )
+    if lm_tasks:
+        model, tokenizer, template, kind = _load_lm(recipe, name, template)
+        results["kind"] = kind
+        results["template"] = "none" if not tokenizer.chat_template else _template_name(tokenizer, recipe)
+        started = time.time()
+        if recipe.perplexity:
+            results["perplexity"] = evaluate_perplexity(
+                model, tokenizer, inputs.perplexity_files, recipe.perplexity
+            )
+            log.info(
+                "perplexity %.3f (%d tokens)",
+                results["perplexity"]["perplexity"],
+                results["perplexity"]["tokens"],
+            )
+        if recipe.mcq:
+            found = evaluate_mcq(model, tokenizer, inputs.question_files, recipe.mcq, inputs.shots)
+            write_jsonl(found["rows"], out_dir / f"mcq-{label}.jsonl")
+            results["mcq"] = found["metrics"]
+            log.info(
+                "mcq accuracy %.4f on %d questions",
+                found["metrics"]["accuracy"],
+                found["metrics"]["questions"],
+            )
+        if recipe.generate:
+            if not tokenizer.chat_template:
+                log.warning("note: %s has no chat template; prompts are given to it as plain text.", name)
+            rows = generate(model, tokenizer, inputs.prompts, recipe.generate)
+            write_jsonl(rows, out_dir / f"generations-{label}.jsonl")
+            results["generate"] = {
+                "rows": rows,
+                "mean_new_tokens": sum(r["new_tokens"] for r in rows) / len(rows),
+                "stopped_share": sum(r["stopped"] == "end" for r in rows) / len(rows),
+            }
+        results["seconds"] = round(time.time() - started, 1)
+        del model
+        gc.collect()
+    if recipe.ner:
+        run_dir = Path(name) if is_tagger else (Path(recipe.ner.model) if recipe.ner.model else None)
+        if run_dir is None:
+            raise LlmtuneError(
+                f"ner: {name} is not a lora-ner run; set ner.model to the run folder of the tagger to score."
+            )
+        results["ner"] = evaluate_ner(run_dir, inputs.ner_files, recipe.ner)
+        log.info("ner F1 %.4f on %d sentences", results["ner"]["f1"], results["ner"]["sentences"])
+    return results, template
+
+
+def _load_lm(recipe: EvalRecipe, name: str, template):
+    """(model in eval mode, tokenizer, template for the next model, kind) for a name, folder or run."""
+    from llmtune.data.templates import apply_template, end_of_turn_token
+    from llmtune.models import (
+        is_adapter_folder,
+        load_adapter_model,
+        load_causal_lm,
+        load_tokenizer,
+        resolve_dtype,
+        resolve_model_source,
+    )
+    from llmtune.recipe import ModelSection
+    from llmtune.training import set_stop_tokens
+
+    section = (recipe.model or ModelSection(name_or_path=name)).model_copy(update={"name_or_path": name})
+    dtype = str(resolve_dtype(section.dtype)).removeprefix("torch.")
+    if Path(name).is_dir() and is_adapter_folder(name):
+        model, tokenizer, notes = load_adapter_model(name, dtype=dtype, hub=section.hub)
+        for note in notes:
+            log.info("note: %s", note)
+        kind = "adapter"
+    else:
+        resolved = resolve_model_source(section)
+        tokenizer = load_tokenizer(section, resolved)
+        model = load_causal_lm(section, resolved, tokenizer).eval()
+        kind = "gguf" if resolved.gguf_file else "model"
+    if template:  # the recipe's, or (comparing) the first model's, so both see the same prompts
+        if tokenizer.chat_template != template:
+            if template == recipe.eval.template:
+                log.info("note: %s uses the chat template %s.", name, _short(template))
+            else:
+                log.info(
+                    "note: %s uses the first model's chat template, for a like-for-like comparison.", name
+                )
+            _, added = apply_template(tokenizer, template)
+            if added:
+                log.warning(
+                    "note: the template adds tokens %s that %s lacks; their embeddings are untrained.",
+                    ", ".join(added),
+                    name,
+                )
+                model.resize_token_embeddings(len(tokenizer))
+    elif tokenizer.chat_template and recipe.eval.compare:
+        template = tokenizer.chat_template
+    set_stop_tokens(model, tokenizer, end_of_turn_token(tokenizer, recipe.eval.template))
+    return model, tokenizer, template, kind
+
+
+def _short(template: str) -> str:
+    return template if "{" not in template else "from the recipe (Jinja)"
+
+
+def _template_name(tokenizer, recipe: EvalRecipe) -> str:
+    if recipe.eval.template and "{" not in recipe.eval.template:
+        return recipe.eval.template
+    return "the model's own" if not recipe.eval.compare else "shared (the first model's)"
+
+
+def _report_markdown(name: str, results: dict) -> str:
+    lines = [f"# llmtune eval: `{name}`", "", "| task | metric | value |", "|---|---|---:|"]
+    for task, metric, value in reports.metric_rows(results):
+        lines.append(f"| {task} | {metric} | {value:.4f} |")
+    if "generate" in results:
+        lines += ["", "| prompt | output |", "|---|---|"]
+        for row in results["generate"]["rows"]:
+            cells = [row["prompt"], row["output"]]
+            lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
