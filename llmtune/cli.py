@@ -48,6 +48,30 @@ ResumeOption = typer.Option(
     False, "--resume", help="Continue the run in train.output_dir from its newest complete checkpoint."
 )
 DebugOption = typer.Option(False, "--debug", help="Show Python tracebacks (also: LLMTUNE_DEBUG=1).")
+_LAUNCH = "Multi-process"
+NprocOption = typer.Option(
+    None,
+    "--nproc",
+    help="Processes (GPUs) per node; > 1 re-launches under accelerate.",
+    rich_help_panel=_LAUNCH,
+)
+StrategyOption = typer.Option(
+    None, "--strategy", help="single, ddp, fsdp, zero2, zero3 or zero3-offload.", rich_help_panel=_LAUNCH
+)
+AccelerateConfigOption = typer.Option(
+    None, "--accelerate-config", help="Your own accelerate config file.", rich_help_panel=_LAUNCH
+)
+NnodesOption = typer.Option(None, "--nnodes", help="Machines taking part.", rich_help_panel=_LAUNCH)
+NodeRankOption = typer.Option(
+    None, "--node-rank", help="This machine's rank (0 = main).", rich_help_panel=_LAUNCH
+)
+MainIpOption = typer.Option(
+    None, "--main-process-ip", help="Address of the rank-0 machine.", rich_help_panel=_LAUNCH
+)
+MainPortOption = typer.Option(
+    None, "--main-process-port", help="Port on the rank-0 machine.", rich_help_panel=_LAUNCH
+)
+_ARGV: list[str] | None = None  # the command line, for re-launching under accelerate (set by main)
 
 
 def _version(value: bool) -> None:
@@ -116,7 +140,8 @@ def _configure_logging() -> None:
         handler = _ConsoleHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    # In a multi-process run only rank 0 reports; the others speak up for warnings and errors.
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     logger.propagate = False
 
 
@@ -129,17 +154,51 @@ def _load(recipe: str, recipe_class_name: str, overrides: list[str] | None):
     return loaded
 
 
-def _train(stage_name, recipe_class, recipe, set_, print_config, overwrite, resume, debug) -> None:
-    """The body of every training command: load and check the recipe, then run its stage."""
+def _launch_sets(nproc, strategy, accelerate_config, nnodes, node_rank, main_process_ip, main_process_port):
+    """The multi-process flags as `--set launch.key=value` overrides (flags win over the recipe)."""
+    import json
+
+    values = {
+        "nproc": nproc,
+        "strategy": strategy,
+        "accelerate_config": accelerate_config,
+        "nnodes": nnodes,
+        "node_rank": node_rank,
+        "main_process_ip": main_process_ip,
+        "main_process_port": main_process_port,
+    }
+    return [f"launch.{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
+
+
+def _train(
+    stage_name, recipe_class, recipe, set_, print_config, overwrite, resume, debug, launch_sets=()
+) -> None:
+    """The body of every training command: load and check the recipe, re-launch it in several processes
+    when asked, else run its stage."""
     import importlib
 
+    from llmtune import launch
+
     with user_errors(debug):
-        loaded = _load(recipe, recipe_class, set_)
+        loaded = _load(recipe, recipe_class, [*(set_ or []), *launch_sets])
         if print_config:
             typer.echo(loaded.to_yaml(), nl=False)
             return
+        request = launch.request_from(loaded.launch, {})
+        if request.world_size > 1 and not launch.inside_launcher():
+            if _ARGV is None:
+                from llmtune.errors import LlmtuneError
+
+                raise LlmtuneError(
+                    "a multi-process launch needs the llmtune command line (not an embedded call)."
+                )
+            raise typer.Exit(launch.relaunch(request, _ARGV))
         stage = importlib.import_module(f"llmtune.stages.{stage_name}")
-        stage.run(loaded, overwrite=overwrite, resume=resume)
+        try:
+            stage.run(loaded, overwrite=overwrite, resume=resume)
+        finally:
+            if launch.inside_launcher():
+                launch.finish()
 
 
 @app.command(
@@ -153,8 +212,27 @@ def pretrain(
     overwrite: bool = OverwriteOption,
     resume: bool = ResumeOption,
     debug: bool = DebugOption,
+    nproc: int = NprocOption,
+    strategy: str = StrategyOption,
+    accelerate_config: str = AccelerateConfigOption,
+    nnodes: int = NnodesOption,
+    node_rank: int = NodeRankOption,
+    main_process_ip: str = MainIpOption,
+    main_process_port: int = MainPortOption,
 ) -> None:
-    _train("pretrain", "PretrainRecipe", recipe, set_, print_config, overwrite, resume, debug)
+    _train(
+        "pretrain",
+        "PretrainRecipe",
+        recipe,
+        set_,
+        print_config,
+        overwrite,
+        resume,
+        debug,
+        _launch_sets(
+            nproc, strategy, accelerate_config, nnodes, node_rank, main_process_ip, main_process_port
+        ),
+    )
 
 
 @app.command(
@@ -168,8 +246,27 @@ def sft(
     overwrite: bool = OverwriteOption,
     resume: bool = ResumeOption,
     debug: bool = DebugOption,
+    nproc: int = NprocOption,
+    strategy: str = StrategyOption,
+    accelerate_config: str = AccelerateConfigOption,
+    nnodes: int = NnodesOption,
+    node_rank: int = NodeRankOption,
+    main_process_ip: str = MainIpOption,
+    main_process_port: int = MainPortOption,
 ) -> None:
-    _train("sft", "SftRecipe", recipe, set_, print_config, overwrite, resume, debug)
+    _train(
+        "sft",
+        "SftRecipe",
+        recipe,
+        set_,
+        print_config,
+        overwrite,
+        resume,
+        debug,
+        _launch_sets(
+            nproc, strategy, accelerate_config, nnodes, node_rank, main_process_ip, main_process_port
+        ),
+    )
 
 
 @app.command(
@@ -183,8 +280,27 @@ def dpo(
     overwrite: bool = OverwriteOption,
     resume: bool = ResumeOption,
     debug: bool = DebugOption,
+    nproc: int = NprocOption,
+    strategy: str = StrategyOption,
+    accelerate_config: str = AccelerateConfigOption,
+    nnodes: int = NnodesOption,
+    node_rank: int = NodeRankOption,
+    main_process_ip: str = MainIpOption,
+    main_process_port: int = MainPortOption,
 ) -> None:
-    _train("dpo", "DpoRecipe", recipe, set_, print_config, overwrite, resume, debug)
+    _train(
+        "dpo",
+        "DpoRecipe",
+        recipe,
+        set_,
+        print_config,
+        overwrite,
+        resume,
+        debug,
+        _launch_sets(
+            nproc, strategy, accelerate_config, nnodes, node_rank, main_process_ip, main_process_port
+        ),
+    )
 
 
 data_app = typer.Typer(help="Inspect training data without training.", no_args_is_help=True)
@@ -236,6 +352,13 @@ def lora_ner(
     overwrite: bool = OverwriteOption,
     resume: bool = ResumeOption,
     debug: bool = DebugOption,
+    nproc: int = NprocOption,
+    strategy: str = StrategyOption,
+    accelerate_config: str = AccelerateConfigOption,
+    nnodes: int = NnodesOption,
+    node_rank: int = NodeRankOption,
+    main_process_ip: str = MainIpOption,
+    main_process_port: int = MainPortOption,
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
@@ -246,7 +369,19 @@ def lora_ner(
             raise LlmtuneError(
                 "llmtune lora-ner needs --recipe FILE to train (or: lora-ner predict --model RUN TEXT)."
             )
-    _train("lora_ner", "NerRecipe", recipe, set_, print_config, overwrite, resume, debug)
+    _train(
+        "lora_ner",
+        "NerRecipe",
+        recipe,
+        set_,
+        print_config,
+        overwrite,
+        resume,
+        debug,
+        _launch_sets(
+            nproc, strategy, accelerate_config, nnodes, node_rank, main_process_ip, main_process_port
+        ),
+    )
 
 
 @ner_app.command(
@@ -293,6 +428,54 @@ def lora_ner_predict(
                 typer.echo(text)
                 for ent in found:
                     typer.echo(f"  {ent['type']:<12} {ent['text']}  [{ent['start']}, {ent['end']})")
+
+
+@app.command(
+    help="Estimate memory per device (weights, gradients, optimizer states, activations, logits) and tokens per "
+    "step for a pretrain/sft/dpo recipe, from the model config alone (no weights loaded); say whether it fits "
+    "and what to change when it does not.",
+    epilog="Example: llmtune plan --recipe recipes/sft/llama3-8b-qlora-medical.yaml --device-memory 24GB",
+)
+def plan(
+    recipe: str = RecipeOption,
+    device_memory: str = typer.Option(
+        None, "--device-memory", help="Memory per device, e.g. 24GB, 80GiB (default: the detected GPU)."
+    ),
+    nproc: int = typer.Option(None, "--nproc", help="Processes / GPUs (default: the recipe's launch.nproc)."),
+    strategy: str = typer.Option(None, "--strategy", help="single, ddp, fsdp, zero2, zero3, zero3-offload."),
+    target: str = typer.Option(
+        "gpu", "--target", help="gpu (16-bit where the recipe allows) or cpu (float32)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    set_: list[str] = SetOption,
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        import json
+
+        from llmtune.errors import LlmtuneError
+        from llmtune.plan import estimate, parse_memory
+        from llmtune.recipe import load_yaml_file
+
+        raw = load_yaml_file(recipe)
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        if "dpo" in raw:
+            kind = "DpoRecipe"
+        elif "block_size" in data or "txt_document" in data or "from_config" in (raw.get("model") or {}):
+            kind = "PretrainRecipe"
+        else:
+            kind = "SftRecipe"
+        loaded = _load(recipe, kind, set_)
+        if target not in ("gpu", "cpu"):
+            raise LlmtuneError(f"--target {target!r}: expected gpu or cpu.")
+        result = estimate(
+            loaded,
+            device_memory_bytes=parse_memory(device_memory) if device_memory else None,
+            nproc=nproc or loaded.launch.nproc * loaded.launch.nnodes,
+            strategy=strategy or loaded.launch.strategy,
+            target=target,
+        )
+        typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
 
 
 @app.command(
@@ -426,6 +609,8 @@ def fetch(
 
 
 def main() -> None:
+    global _ARGV
+    _ARGV = sys.argv[1:]
     app()
 
 

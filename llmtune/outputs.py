@@ -35,6 +35,11 @@ MANIFEST = "manifest.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process run (or a single process): the only one that writes run files."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 # ------------------------------------------------------------------------------------------ protection
 def check_run_dir(output_dir: str, *, overwrite: bool, resume: bool) -> Path:
     """Refuse a run folder that holds a run, unless told how to treat it. Changes nothing on disk.
@@ -44,6 +49,8 @@ def check_run_dir(output_dir: str, *, overwrite: bool, resume: bool) -> Path:
     recipe never costs the user their previous run.
     """
     path = Path(output_dir)
+    if not is_main_process():
+        return path  # rank 0 protects the folder; the others write nothing of their own into it
     if path.exists() and not path.is_dir():
         raise LlmtuneError(f"train.output_dir: {path} exists and is a file, not a folder.")
     existing = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
@@ -82,6 +89,9 @@ def _failed_before_checkpoint(path: Path) -> bool:
 
 def open_run_dir(path: Path, *, overwrite: bool, resume: bool) -> Path:
     """Create the run folder; with --overwrite (or a failed earlier attempt) clear it first."""
+    if not is_main_process():
+        path.mkdir(parents=True, exist_ok=True)
+        return path
     if path.is_dir() and not resume and any(path.iterdir()):
         if overwrite:
             log.warning("--overwrite: removing the contents of %s", path)
@@ -113,9 +123,21 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 # ------------------------------------------------------------------------------------------ files
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename), so a reader never sees half a file."""
+    """Write JSON atomically (temporary file, then rename), so a reader never sees half a file.
+    Only rank 0 writes in a multi-process run."""
+    if not is_main_process():
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str) -> None:
+    """A text file of the run folder, written atomically by rank 0 only."""
+    if not is_main_process():
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -125,7 +147,9 @@ file_log.propagate = False
 
 
 def start_run_log(run_dir: Path) -> logging.Handler:
-    """Send llmtune's and transformers' log records to <run>/run.log (appended on resume)."""
+    """Send llmtune's and transformers' log records to <run>/run.log (appended on resume); rank 0 only."""
+    if not is_main_process():
+        return logging.NullHandler()
     handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("llmtune", "llmtune.runlog", "transformers"):

@@ -501,6 +501,20 @@ class TrainSection(BaseModel):
         return self.model_dump()
 
 
+class LaunchSection(Section):
+    """How many processes train, and how they share the model (the command-line flags override these)."""
+
+    nproc: int = Field(1, ge=1, description="Processes (GPUs) per node; > 1 re-launches under accelerate.")
+    strategy: Literal["single", "ddp", "fsdp", "zero2", "zero3", "zero3-offload"] = Field(
+        "single", description="ddp; fsdp (full shard, FSDP2); DeepSpeed ZeRO-2, ZeRO-3, ZeRO-3 + CPU offload."
+    )
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)
+    main_process_ip: str | None = None
+    main_process_port: int = Field(29500, gt=0, lt=65536)
+    accelerate_config: InputPath | None = Field(None, description="Your own accelerate config file.")
+
+
 # ----------------------------------------------------------------------------------------------- recipes
 class Recipe(Section):
     """Base of every command's recipe. `train_arguments` names the dataclass `train:` is checked against."""
@@ -538,6 +552,7 @@ class PretrainRecipe(Recipe):
     data: TextDataSection
     peft: PeftSection = Field(default_factory=PeftSection)
     train: TrainSection
+    launch: LaunchSection = Field(default_factory=LaunchSection)
     early_stopping: EarlyStoppingSection | None = None
 
     @model_validator(mode="after")
@@ -558,6 +573,7 @@ class SftRecipe(Recipe):
     data: ChatDataSection
     peft: PeftSection = Field(default_factory=PeftSection)
     train: TrainSection
+    launch: LaunchSection = Field(default_factory=LaunchSection)
     early_stopping: EarlyStoppingSection | None = None
     samples: SamplesSection | None = None
 
@@ -580,6 +596,7 @@ class DpoRecipe(Recipe):
     data: ChatDataSection
     peft: PeftSection = Field(default_factory=PeftSection)
     train: TrainSection
+    launch: LaunchSection = Field(default_factory=LaunchSection)
     dpo: DpoSection = Field(default_factory=DpoSection)
     early_stopping: EarlyStoppingSection | None = None
 
@@ -607,6 +624,7 @@ class NerRecipe(Recipe):
         )
     )
     train: TrainSection
+    launch: LaunchSection = Field(default_factory=LaunchSection)
     early_stopping: EarlyStoppingSection | None = None
 
     @model_validator(mode="after")

@@ -56,6 +56,9 @@ def training_arguments(
         "report_to": ["tensorboard"],
         **(stage_defaults or {}),
     }
+    from llmtune.launch import current_request, trainer_arguments
+
+    defaults.update(trainer_arguments(current_request(recipe)))
     kwargs = {**defaults, **given, "output_dir": str(run_dir)}
 
     if not has_eval and kwargs.get("eval_strategy") not in ("no", None):
@@ -140,6 +143,18 @@ def standard_callbacks(
             )
         )
     return recorder, callbacks
+
+
+def check_launch(trainer, recipe, manifest: dict | None = None) -> None:
+    """Stop unless the trainer's processes are what the recipe/flags asked for (see launch.verify)."""
+    from llmtune.launch import current_request, verify
+
+    request = current_request(recipe)
+    description = verify(trainer, request)
+    if request.world_size > 1 or request.strategy != "single":
+        log.info("distributed: %s", description)
+    if manifest is not None:
+        manifest["distributed"] = description
 
 
 def resume_checkpoint(recipe, run_dir: Path, resume: bool) -> str | bool | None:

@@ -40,9 +40,11 @@ from llmtune.outputs import (
     start_run_log,
     stop_run_log,
     write_json,
+    write_text,
 )
 from llmtune.recipe import DpoRecipe
 from llmtune.training import (
+    check_launch,
     finish_run,
     quiet_datasets,
     resume_checkpoint,
@@ -139,7 +141,7 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
     handler = start_run_log(run_dir)
     manifest = new_manifest("dpo", recipe.source)
     try:
-        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        write_text(run_dir / "recipe.yaml", recipe.to_yaml())
         write_json(run_dir / "data_report.json", report.to_dict())
         for line in [*(f"note: {n}" for n in recipe.notes), *report.lines()]:
             file_log.info(line)
@@ -211,6 +213,7 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
                 callbacks=callbacks,
                 **trainer_kwargs,
             )
+        check_launch(trainer, recipe, manifest)
         train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, run_dir, resume))
 
         # ---- outputs

@@ -39,10 +39,17 @@ from llmtune.outputs import (
     start_run_log,
     stop_run_log,
     write_json,
+    write_text,
 )
 from llmtune.recipe import NerRecipe
 from llmtune.tagger import LABELS_FILE, TAGGER_CONFIG, Tagger, save_tagger_config
-from llmtune.training import finish_run, resume_checkpoint, standard_callbacks, training_arguments
+from llmtune.training import (
+    check_launch,
+    finish_run,
+    resume_checkpoint,
+    standard_callbacks,
+    training_arguments,
+)
 
 log = logging.getLogger("llmtune")
 NER_SUFFIXES = (".txt", ".conll", ".bio", ".tsv", ".json", ".jsonl")
@@ -335,7 +342,7 @@ def run(recipe: NerRecipe, *, overwrite: bool = False, resume: bool = False) -> 
     handler = start_run_log(run_dir)
     manifest = new_manifest("lora-ner", recipe.source)
     try:
-        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        write_text(run_dir / "recipe.yaml", recipe.to_yaml())
         write_json(run_dir / "data_report.json", report)
         for line in lines:
             file_log.info(line)
@@ -384,6 +391,7 @@ def run(recipe: NerRecipe, *, overwrite: bool = False, resume: bool = False) -> 
             compute_metrics=metrics_function(labels, recipe.data.scheme, recipe.ner.seqeval_mode),
             callbacks=callbacks,
         )
+        check_launch(trainer, recipe, manifest)
         output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, run_dir, resume))
         runtime = output.metrics.get("train_runtime") or 1e-9
         # real sub-tokens (no padding) of the training examples, times the epochs trained

@@ -35,9 +35,16 @@ from llmtune.outputs import (
     start_run_log,
     stop_run_log,
     write_json,
+    write_text,
 )
 from llmtune.recipe import PretrainRecipe
-from llmtune.training import finish_run, resume_checkpoint, standard_callbacks, training_arguments
+from llmtune.training import (
+    check_launch,
+    finish_run,
+    resume_checkpoint,
+    standard_callbacks,
+    training_arguments,
+)
 
 log = logging.getLogger("llmtune")
 
@@ -64,7 +71,7 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
     handler = start_run_log(run_dir)
     manifest = new_manifest("pretrain", recipe.source)
     try:
-        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        write_text(run_dir / "recipe.yaml", recipe.to_yaml())
         write_json(run_dir / "data_report.json", report.to_dict())
         for line in [*(f"note: {n}" for n in recipe.notes), *report.lines()]:
             file_log.info(line)
@@ -128,6 +135,7 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
             processing_class=tokenizer,
             callbacks=callbacks,
         )
+        check_launch(trainer, recipe, manifest)
         train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, run_dir, resume))
 
         # ---- outputs

@@ -35,10 +35,12 @@ from llmtune.outputs import (
     start_run_log,
     stop_run_log,
     write_json,
+    write_text,
 )
 from llmtune.recipe import SftRecipe
 from llmtune.training import (
     TokenCounter,
+    check_launch,
     finish_run,
     generate_samples,
     quiet_datasets,
@@ -80,7 +82,7 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
     handler = start_run_log(run_dir)
     manifest = new_manifest("sft", recipe.source)
     try:
-        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+        write_text(run_dir / "recipe.yaml", recipe.to_yaml())
         write_json(run_dir / "data_report.json", report.to_dict())
         for line in [*(f"note: {n}" for n in recipe.notes), *report.lines()]:
             file_log.info(line)
@@ -170,6 +172,7 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
             for param in trainer.model.parameters():
                 if param.requires_grad:
                     param.data = param.data.float()
+        check_launch(trainer, recipe, manifest)
         train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, run_dir, resume))
 
         # ---- outputs
