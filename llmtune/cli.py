@@ -193,9 +193,12 @@ def _train(
                     "a multi-process launch needs the llmtune command line (not an embedded call)."
                 )
             raise typer.Exit(launch.relaunch(request, _ARGV))
+        from llmtune.interrupt import signals_handled
+
         stage = importlib.import_module(f"llmtune.stages.{stage_name}")
         try:
-            stage.run(loaded, overwrite=overwrite, resume=resume)
+            with signals_handled():
+                stage.run(loaded, overwrite=overwrite, resume=resume)
         finally:
             if launch.inside_launcher():
                 launch.finish()

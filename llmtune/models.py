@@ -39,6 +39,12 @@ def resolve_model_source(section: ModelSection) -> ResolvedModel | None:
     """The local folder of `model.name_or_path` (None when the model is built from a config)."""
     if section.name_or_path is None:
         return None
+    if section.trust_remote_code:
+        log.warning(
+            "note: model.trust_remote_code is true: Python code shipped with %s will run on this machine. "
+            "Use it only for a model whose code you trust (pin model.revision to a commit you reviewed).",
+            section.name_or_path,
+        )
     return resolve_model(
         section.name_or_path,
         hub=section.hub,

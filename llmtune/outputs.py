@@ -93,14 +93,56 @@ def open_run_dir(path: Path, *, overwrite: bool, resume: bool) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     if path.is_dir() and not resume and any(path.iterdir()):
+        set_aside(path)
         if overwrite:
-            log.warning("--overwrite: removing the contents of %s", path)
+            log.warning(
+                "--overwrite: replacing %s (its old contents come back if this run fails early)", path
+            )
         else:
             log.warning("reusing %s: its previous run failed before writing a checkpoint", path)
-        for child in path.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# A folder being replaced (--overwrite) is renamed aside, not deleted, until the new run has something of
+# its own to keep (a checkpoint, weights, or completion); a run that fails before that gets the old
+# contents back unchanged. A killed process leaves the old contents in `.<name>.replaced-<pid>`.
+_REPLACED: dict[Path, Path] = {}
+
+
+def set_aside(path: Path) -> Path:
+    aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    path.rename(aside)
+    _REPLACED[path.resolve()] = aside
+    return aside
+
+
+def restore_replaced(path: Path) -> bool:
+    """After a failure: put the replaced folder back unless the new run wrote something worth keeping."""
+    aside = _REPLACED.pop(Path(path).resolve(), None)
+    if aside is None or not aside.exists():
+        return False
+    path = Path(path)
+    produced = path.is_dir() and any(
+        p.name.startswith(CHECKPOINT_PREFIX) or p.suffix == ".safetensors" for p in path.iterdir()
+    )
+    if produced:
+        shutil.rmtree(aside, ignore_errors=True)
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    aside.rename(path)
+    log.warning(
+        "the previous contents of %s are restored (this run failed before writing anything to keep)", path
+    )
+    return True
+
+
+def drop_replaced(path: Path) -> None:
+    """The new run completed: the replaced folder goes."""
+    aside = _REPLACED.pop(Path(path).resolve(), None)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -165,10 +207,15 @@ def stop_run_log(handler: logging.Handler) -> None:
 
 def record_failure(run_dir: Path, manifest: dict, exc: BaseException) -> None:
     """Mark the manifest failed/interrupted and put the traceback in run.log (not on the console)."""
-    interrupted = isinstance(exc, KeyboardInterrupt)
+    if is_main_process() and restore_replaced(run_dir):
+        return  # the folder is as it was before this run; the error is on the console
+    interrupted = isinstance(exc, KeyboardInterrupt) or getattr(exc, "interrupted", False)
     manifest.update(status="interrupted" if interrupted else "failed", error=f"{type(exc).__name__}: {exc}")
     write_json(run_dir / MANIFEST, manifest)
-    file_log.error("run %s", manifest["status"], exc_info=(type(exc), exc, exc.__traceback__))
+    if interrupted:
+        file_log.warning("run interrupted: %s", exc)
+    else:
+        file_log.error("run %s", manifest["status"], exc_info=(type(exc), exc, exc.__traceback__))
 
 
 # ------------------------------------------------------------------------------------------ manifest

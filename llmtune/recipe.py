@@ -213,6 +213,23 @@ class PeftSection(Section):
         return value
 
     @model_validator(mode="after")
+    def check_keys_apply_to_the_method(self) -> PeftSection:
+        """A setting that only one method reads is an error under another: it would be ignored silently
+        (quant_type without qlora trains an unquantised model while the recipe says 4-bit)."""
+        only = {
+            "qlora": ("quant_type", "double_quant", "compute_dtype"),
+            "freeze": ("trainable", "trainable_last_layers"),
+        }
+        for method, keys in only.items():
+            stray = [k for k in keys if k in self.model_fields_set and self.method != method]
+            if stray:
+                raise ValueError(
+                    f"peft.{stray[0]} applies to peft.method {method} only, and the method is {self.method!r}; "
+                    f"remove it or set peft.method: {method}"
+                )
+        return self
+
+    @model_validator(mode="after")
     def check_freeze(self) -> PeftSection:
         if self.method == "freeze" and not self.trainable and not self.trainable_last_layers:
             raise ValueError(
@@ -1046,6 +1063,9 @@ def _check_train_keys(
                 problems.append(
                     f"train.{key}: legacy name of train.{new}, and both are given; keep only {new}"
                 )
+                continue
+            if key == "warmup_ratio" and not (isinstance(value, (int, float)) and 0 <= value < 1):
+                problems.append(f"train.warmup_ratio: a ratio in [0, 1) of the total steps, got {value!r}")
                 continue
             extra = " (a float below 1 is a ratio of the total steps)" if key == "warmup_ratio" else ""
             notes.append(f"train.{key} is called train.{new} in transformers 5; using {new}: {value}{extra}.")

@@ -9,6 +9,8 @@ precision) and turns argument errors into messages that name the `train.` key.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +19,14 @@ from typing import Any
 from transformers import TrainerCallback
 
 from llmtune.errors import LlmtuneError
-from llmtune.outputs import MANIFEST, metrics_from_log_history, plot_loss, write_json
+from llmtune.outputs import (
+    CHECKPOINT_PREFIX,
+    MANIFEST,
+    drop_replaced,
+    metrics_from_log_history,
+    plot_loss,
+    write_json,
+)
 
 log = logging.getLogger("llmtune")
 
@@ -123,8 +132,10 @@ def standard_callbacks(
 ) -> tuple[MetricsRecorder, list]:
     """(metrics recorder, all callbacks): metrics JSON always, TensorBoard under <run>/tensorboard, early
     stopping when the recipe asks for it."""
+    from llmtune.interrupt import StopOnSignal
+
     recorder = MetricsRecorder(run_dir)
-    callbacks: list = [recorder]
+    callbacks: list = [recorder, StopOnSignal()]
     if use_tensorboard:
         from transformers.integrations import TensorBoardCallback
 
@@ -145,6 +156,68 @@ def standard_callbacks(
     return recorder, callbacks
 
 
+STAGING_PREFIX = "tmp-checkpoint"
+
+
+def make_checkpoints_atomic(trainer, resumed_from: str | None = None) -> None:
+    """Write each checkpoint into `tmp-checkpoint-N`, then rename it to `checkpoint-N`, so that a run killed
+    mid-save never leaves a folder that looks like a checkpoint; and keep checkpoints by llmtune's rule.
+
+    HF writes `checkpoint-N` in place and its rotation protects only the best checkpoint; here the newest
+    `save_total_limit` are kept, plus the best one and the one this session resumed from. Done by wrapping
+    the Trainer's own `_save_checkpoint` (no public hook decides where a checkpoint is written).
+    """
+    import transformers.trainer as trainer_module
+
+    original = trainer._save_checkpoint
+
+    def save(model, trial, *args, **kwargs):
+        run_dir = Path(trainer._get_output_dir(trial=trial))
+        limit = trainer.args.save_total_limit
+        if trainer.args.should_save:
+            for stale in run_dir.glob(f"{STAGING_PREFIX}-*"):  # left by a run killed while saving
+                shutil.rmtree(stale, ignore_errors=True)
+        prefix = trainer_module.PREFIX_CHECKPOINT_DIR
+        trainer_module.PREFIX_CHECKPOINT_DIR, trainer.args.save_total_limit = STAGING_PREFIX, None
+        try:
+            original(model, trial, *args, **kwargs)
+        finally:
+            trainer_module.PREFIX_CHECKPOINT_DIR, trainer.args.save_total_limit = prefix, limit
+        trainer.accelerator.wait_for_everyone()
+        if not trainer.args.should_save:
+            return
+        step = trainer.state.global_step
+        staging, final = run_dir / f"{STAGING_PREFIX}-{step}", run_dir / f"{CHECKPOINT_PREFIX}{step}"
+        best_step = trainer.state.best_global_step
+        if best_step:
+            best = run_dir / f"{CHECKPOINT_PREFIX}{best_step}"
+            if best_step == step or best.exists():
+                trainer.state.best_model_checkpoint = str(best)
+                trainer.state.save_to_json(str(staging / "trainer_state.json"))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        keep = {trainer.state.best_model_checkpoint, resumed_from}
+        prune_checkpoints(run_dir, limit, {Path(k).name for k in keep if k})
+
+    trainer._save_checkpoint = save
+
+
+def prune_checkpoints(run_dir: Path, limit: int | None, keep: set[str]) -> list[str]:
+    """Delete the oldest complete checkpoints beyond `limit`, never one named in `keep`."""
+    if not limit:
+        return []
+    found = sorted(
+        (int(p.name.rsplit("-", 1)[1]), p)
+        for p in run_dir.glob(f"{CHECKPOINT_PREFIX}*")
+        if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()
+    )
+    removable = [p for _, p in found[:-limit] if p.name not in keep] if len(found) > limit else []
+    for path in removable:
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in removable]
+
+
 def check_launch(trainer, recipe, manifest: dict | None = None) -> None:
     """Stop unless the trainer's processes are what the recipe/flags asked for (see launch.verify)."""
     from llmtune.launch import current_request, verify
@@ -155,6 +228,20 @@ def check_launch(trainer, recipe, manifest: dict | None = None) -> None:
         log.info("distributed: %s", description)
     if manifest is not None:
         manifest["distributed"] = description
+
+
+def run_training(trainer, recipe, run_dir: Path, resume: bool, manifest: dict, command: str):
+    """trainer.train() the llmtune way: the launch checked, checkpoints written atomically and kept by
+    llmtune's rule, --resume from the newest complete checkpoint, and a signal turned into a saved
+    checkpoint plus an error that says how to resume."""
+    from llmtune.interrupt import raise_if_interrupted
+
+    check_launch(trainer, recipe, manifest)
+    checkpoint = resume_checkpoint(recipe, run_dir, resume)
+    make_checkpoints_atomic(trainer, checkpoint if isinstance(checkpoint, str) else None)
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    raise_if_interrupted(trainer, recipe, command)
+    return output
 
 
 def resume_checkpoint(recipe, run_dir: Path, resume: bool) -> str | bool | None:
@@ -185,6 +272,7 @@ def finish_run(trainer, run_dir: Path, manifest: dict, *, title: str, results: d
         plot_loss(metrics, run_dir / "loss.png", title)
         manifest.update(status="completed", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), results=results)
         write_json(run_dir / MANIFEST, manifest)
+        drop_replaced(run_dir)
     return results
 
 

@@ -139,7 +139,7 @@ def load_examples(data, *, preference: bool, describe=None) -> tuple[dict[str, l
     report.add_bad(bad)
     if not train:
         raise LlmtuneError(
-            "no usable training rows in data.train_files"
+            f"no usable training rows in data.train_files ({', '.join(str(p) for p in files)})"
             + (f" ({bad.total:,} bad rows skipped: {dict(bad.counts)})" if bad.total else "")
             + "."
         )

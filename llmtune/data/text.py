@@ -321,7 +321,10 @@ def build_text_datasets(
     report.skipped_rows = dict(bad.counts)
     report.skipped_examples = dict(bad.examples)
     if not train_docs:
-        raise LlmtuneError("data.train_files: no documents left to train on after reading and cleaning.")
+        raise LlmtuneError(
+            f"data.train_files ({', '.join(str(p) for p in train_files)}): no documents left to train on after "
+            "reading and cleaning (empty files, or everything removed by data.clean)."
+        )
 
     start = time.perf_counter()
     splits = {"train": train_docs} | ({"validation": val_docs} if val_docs else {})

@@ -44,10 +44,9 @@ from llmtune.outputs import (
 )
 from llmtune.recipe import DpoRecipe
 from llmtune.training import (
-    check_launch,
     finish_run,
     quiet_datasets,
-    resume_checkpoint,
+    run_training,
     set_stop_tokens,
     standard_callbacks,
     training_arguments,
@@ -213,8 +212,7 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
                 callbacks=callbacks,
                 **trainer_kwargs,
             )
-        check_launch(trainer, recipe, manifest)
-        train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, run_dir, resume))
+        train_output = run_training(trainer, recipe, run_dir, resume, manifest, "dpo")
 
         # ---- outputs
         results = {

@@ -21,7 +21,7 @@ from pathlib import Path
 from llmtune.data.sources import BadRows, expand_sources
 from llmtune.errors import LlmtuneError
 from llmtune.evaluation import report as reports
-from llmtune.outputs import MANIFEST, new_manifest, write_json
+from llmtune.outputs import MANIFEST, drop_replaced, new_manifest, restore_replaced, set_aside, write_json
 from llmtune.recipe import EvalRecipe
 
 log = logging.getLogger("llmtune")
@@ -45,6 +45,8 @@ def run(recipe: EvalRecipe, *, overwrite: bool = False) -> dict:
     out_dir = _output_dir(recipe, overwrite)
     inputs = _read_inputs(recipe)
 
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        set_aside(out_dir)  # --overwrite: the old results come back if this evaluation fails
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = new_manifest("eval", recipe.source)
     manifest.update(models=names, tasks=recipe.tasks, status="running")
@@ -71,7 +73,10 @@ def run(recipe: EvalRecipe, *, overwrite: bool = False) -> dict:
                 print(f"{task}: {metric:<40} {value:.4f}")
         manifest.update(status="completed", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         write_json(out_dir / MANIFEST, manifest)
+        drop_replaced(out_dir)
     except BaseException as exc:
+        if restore_replaced(out_dir):
+            raise
         manifest.update(
             status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)
         )
@@ -104,9 +109,6 @@ def _output_dir(recipe: EvalRecipe, overwrite: bool) -> Path:
                 f"eval.output_dir {path} is not empty; llmtune does not overwrite results silently.",
                 hint="Pass --overwrite to replace them, or give a new folder (--out DIR).",
             )
-        import shutil
-
-        shutil.rmtree(path)
     return path
 
 

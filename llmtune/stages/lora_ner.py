@@ -44,9 +44,8 @@ from llmtune.outputs import (
 from llmtune.recipe import NerRecipe
 from llmtune.tagger import LABELS_FILE, TAGGER_CONFIG, Tagger, save_tagger_config
 from llmtune.training import (
-    check_launch,
     finish_run,
-    resume_checkpoint,
+    run_training,
     standard_callbacks,
     training_arguments,
 )
@@ -391,8 +390,7 @@ def run(recipe: NerRecipe, *, overwrite: bool = False, resume: bool = False) -> 
             compute_metrics=metrics_function(labels, recipe.data.scheme, recipe.ner.seqeval_mode),
             callbacks=callbacks,
         )
-        check_launch(trainer, recipe, manifest)
-        output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, run_dir, resume))
+        output = run_training(trainer, recipe, run_dir, resume, manifest, "lora-ner")
         runtime = output.metrics.get("train_runtime") or 1e-9
         # real sub-tokens (no padding) of the training examples, times the epochs trained
         tokens = sum(map(len, datasets["train"]["input_ids"])) * float(trainer.state.epoch or 0)

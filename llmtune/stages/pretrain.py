@@ -39,9 +39,8 @@ from llmtune.outputs import (
 )
 from llmtune.recipe import PretrainRecipe
 from llmtune.training import (
-    check_launch,
     finish_run,
-    resume_checkpoint,
+    run_training,
     standard_callbacks,
     training_arguments,
 )
@@ -135,8 +134,7 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
             processing_class=tokenizer,
             callbacks=callbacks,
         )
-        check_launch(trainer, recipe, manifest)
-        train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, run_dir, resume))
+        train_output = run_training(trainer, recipe, run_dir, resume, manifest, "pretrain")
 
         # ---- outputs
         results = {

@@ -40,11 +40,10 @@ from llmtune.outputs import (
 from llmtune.recipe import SftRecipe
 from llmtune.training import (
     TokenCounter,
-    check_launch,
     finish_run,
     generate_samples,
     quiet_datasets,
-    resume_checkpoint,
+    run_training,
     set_stop_tokens,
     standard_callbacks,
     training_arguments,
@@ -172,8 +171,7 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
             for param in trainer.model.parameters():
                 if param.requires_grad:
                     param.data = param.data.float()
-        check_launch(trainer, recipe, manifest)
-        train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe, run_dir, resume))
+        train_output = run_training(trainer, recipe, run_dir, resume, manifest, "sft")
 
         # ---- outputs
         results = {

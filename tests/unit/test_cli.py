@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmtune.recipe import DpoRecipe, NerRecipe, PretrainRecipe, SftRecipe, load_recipe
+from llmtune.recipe import DpoRecipe, EvalRecipe, NerRecipe, PretrainRecipe, SftRecipe, load_recipe
 from tests.conftest import REPO, tiny_pretrain_recipe
 
 SHIPPED = {
@@ -18,6 +18,7 @@ SHIPPED = {
     "dpo": DpoRecipe,
     "lora-ner": NerRecipe,
     "quickstart.yaml": SftRecipe,
+    "eval": EvalRecipe,
 }
 
 
@@ -122,7 +123,7 @@ def test_every_shipped_recipe_validates(path: Path):
         "a recipe opens with the command that runs it"
     )
     assert str(path.relative_to(REPO)) in first_line
-    for file in getattr(recipe.data, "train_files", []):
+    for file in getattr(getattr(recipe, "data", None), "train_files", []):
         assert Path(file).exists(), f"{path.name}: {file}"
 
 
