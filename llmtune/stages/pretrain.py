@@ -12,7 +12,7 @@ import logging
 import math
 from pathlib import Path
 
-from llmtune.adapters import apply_peft, describe_trainable
+from llmtune.adapters import apply_peft, describe_trainable, quantization_config
 from llmtune.data.text import build_text_datasets, collate_blocks
 from llmtune.errors import LlmtuneError
 from llmtune.hub import llmtune_home
@@ -79,7 +79,9 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
 
         # ---- model (+ adapter)
         set_seed(train_kwargs.get("seed", 42))  # from-config weights and LoRA init depend on it
-        model = load_causal_lm(recipe.model, resolved, tokenizer)
+        quantization = quantization_config(recipe.peft, resolve_dtype(recipe.model.dtype))
+        model = load_causal_lm(recipe.model, resolved, tokenizer, quantization=quantization)
+        loaded_in_4bit = bool(getattr(model, "is_loaded_in_4bit", False))
         positions = max_positions(model)
         if positions is not None and recipe.data.block_size > positions:
             raise LlmtuneError(
@@ -98,6 +100,7 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
         manifest["model"] = {
             "name": name,
             "source": resolved.source if resolved else "from_config",
+            "loaded_in_4bit": loaded_in_4bit,
             "path": str(resolved.path) if resolved else None,
             "parameters": total,
             "trainable_parameters": trainable,

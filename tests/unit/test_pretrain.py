@@ -99,6 +99,15 @@ def test_dora_and_gradient_checkpointing(tmp_path, write_recipe, cli, tiny_pretr
     assert config["use_dora"] is True and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
 
 
+def test_qlora_pretraining_loads_the_base_in_4bit(tmp_path, write_recipe, cli, tiny_pretrained):
+    """peft.method qlora used to train LoRA on an unquantised base here (found while planning memory)."""
+    recipe = lora_recipe(tmp_path, tiny_pretrained, peft={"method": "qlora", "r": 4}, train={"max_steps": 2})
+    result = cli("pretrain", "--recipe", str(write_recipe(recipe)))
+    assert result.exit_code == 0, result.stderr
+    manifest = read_json(tmp_path / "run" / "manifest.json")
+    assert manifest["model"]["loaded_in_4bit"] is True and manifest["model"]["peft"] == "qlora"
+
+
 def test_a_second_run_into_the_same_folder_is_refused_and_changes_nothing(tmp_path, write_recipe, cli):
     path = write_recipe(tiny_pretrain_recipe(tmp_path, train={"max_steps": 1}))
     assert cli("pretrain", "--recipe", str(path)).exit_code == 0
