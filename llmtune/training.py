@@ -267,6 +267,7 @@ def finish_run(trainer, run_dir: Path, manifest: dict, *, title: str, results: d
     completed (the last write of a run)."""
     trainer.save_model(str(run_dir))
     if trainer.is_world_process_zero():
+        check_saved_weights(run_dir)
         metrics = metrics_from_log_history(trainer.state.log_history)
         write_json(run_dir / "metrics.json", metrics)
         plot_loss(metrics, run_dir / "loss.png", title)
@@ -274,6 +275,28 @@ def finish_run(trainer, run_dir: Path, manifest: dict, *, title: str, results: d
         write_json(run_dir / MANIFEST, manifest)
         drop_replaced(run_dir)
     return results
+
+
+def check_saved_weights(run_dir: Path) -> None:
+    """Refuse to call a run complete when its saved weights are empty placeholders.
+
+    Under ZeRO-3 (or sharded FSDP) a save without gathering writes each parameter as a 0-element tensor
+    and the real values only in the sharded checkpoint; peers' users find out when the model loads with
+    random weights. The safetensors headers tell without reading the data.
+    """
+    from safetensors import safe_open
+
+    files = sorted(run_dir.glob("*.safetensors"))
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            empty = [name for name in handle.keys() if 0 in handle.get_slice(name).get_shape()]
+        if empty:
+            raise LlmtuneError(
+                f"{path} holds {len(empty)} empty tensor(s) ({empty[0]}, ...): the weights were saved as "
+                "ZeRO-3/FSDP shards, not gathered, so this folder is not a usable model.",
+                hint="Use deepspeed_configs/zero3.json (stage3_gather_16bit_weights_on_model_save: true) or "
+                "FSDP with state_dict_type FULL_STATE_DICT; the sharded state is in the last checkpoint.",
+            )
 
 
 def set_stop_tokens(model, tokenizer, end_of_turn: str | None) -> None:

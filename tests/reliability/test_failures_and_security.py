@@ -118,3 +118,21 @@ def test_weights_are_written_as_safetensors(stage, tmp_path, write_recipe, cli):
     run = tmp_path / "run"
     assert (run / "model.safetensors").is_file() and (run / "checkpoint-2" / "model.safetensors").is_file()
     assert not list(run.rglob("pytorch_model.bin"))
+
+
+def test_empty_zero3_placeholders_are_not_called_a_model(tmp_path):
+    """What a ZeRO-3 save without gathering writes: 0-element tensors. The run must not end 'completed'."""
+    import torch
+    from safetensors.torch import save_file
+
+    from llmtune.errors import LlmtuneError
+    from llmtune.training import check_saved_weights
+
+    save_file(
+        {"model.embed.weight": torch.zeros(4, 3), "model.q.weight": torch.empty(0)},
+        tmp_path / "model.safetensors",
+    )
+    with pytest.raises(LlmtuneError, match=r"1 empty tensor\(s\) \(model.q.weight"):
+        check_saved_weights(tmp_path)
+    save_file({"model.q.weight": torch.ones(2, 2)}, tmp_path / "model.safetensors")
+    check_saved_weights(tmp_path)  # a whole model passes
