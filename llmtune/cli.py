@@ -16,13 +16,17 @@ from llmtune import __version__
 
 app = typer.Typer(
     name="llmtune",
-    help="Train language models from YAML recipes: pretrain, sft, dpo, lora-ner; check data before training.",
+    help="Train language models from YAML recipes: pretrain, sft, dpo, lora-ner; check data and plan memory "
+    "before training; merge adapters and evaluate after.",
     epilog="Examples:\n\n"
     "  llmtune sft --recipe recipes/quickstart.yaml\n\n"
     "  llmtune data check --recipe recipes/sft/smollm2-135m-lora-medical.yaml\n\n"
     "  llmtune lora-ner --recipe recipes/lora-ner/minilm-conll2003.yaml\n\n"
     "  llmtune pretrain --recipe recipes/pretrain/smollm2-135m-continued-lora.yaml\n\n"
     "  llmtune pretrain --recipe recipes/pretrain/gpt2-124m-the-verdict.yaml --print-config\n\n"
+    "  llmtune plan --recipe recipes/quickstart.yaml --device-memory 8GB\n\n"
+    "  llmtune merge --adapter runs/quickstart --out runs/merged/quickstart\n\n"
+    "  llmtune eval --recipe recipes/eval/quickstart-compare.yaml\n\n"
     "  llmtune fetch smollm2-135m-instruct",
     no_args_is_help=True,
     add_completion=False,
