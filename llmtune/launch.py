@@ -95,10 +95,6 @@ def inside_launcher() -> bool:
     return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
 
 
-def is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
 def relaunch_command(request: LaunchRequest, argv: list[str]) -> list[str]:
     """`python -m accelerate.commands.launch ... -m llmtune <argv without the launch flags>`."""
     config = request.accelerate_config or str(configs_dir() / "accelerate" / "multi_process.yaml")

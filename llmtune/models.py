@@ -242,7 +242,19 @@ def _set_attention(model: PreTrainedModel, implementation: str | None) -> None:
 def _causal_lm_from_config(
     section: ModelSection, tokenizer: PreTrainedTokenizerBase, dtype
 ) -> PreTrainedModel:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(
+        config_from_section(section, tokenizer), dtype=dtype, attn_implementation=section.attn_implementation
+    )
+    if section.init == "pytorch":
+        reset_to_pytorch_defaults(model)
+    return model
+
+
+def config_from_section(section: ModelSection, tokenizer: PreTrainedTokenizerBase):
+    """The config `model.from_config` describes (keys checked; vocabulary and special ids from the tokenizer)."""
+    from transformers import AutoConfig
 
     sizes = dict(section.from_config or {})
     architecture = str(sizes.pop("architecture"))
@@ -261,13 +273,7 @@ def _causal_lm_from_config(
         token_id = getattr(tokenizer, name, None)
         if token_id is not None:
             sizes.setdefault(name, token_id)
-    config = config_class(**sizes)
-    model = AutoModelForCausalLM.from_config(
-        config, dtype=dtype, attn_implementation=section.attn_implementation
-    )
-    if section.init == "pytorch":
-        reset_to_pytorch_defaults(model)
-    return model
+    return config_class(**sizes)
 
 
 def reset_to_pytorch_defaults(model) -> None:

@@ -437,23 +437,10 @@ def _demo_gguf_config(alias: str):
 
 
 def _config_from_sizes(section):
-    """The config `model.from_config` builds (as models.py does): vocab_size defaults to the tokenizer's."""
-    from transformers import AutoConfig
+    """The config `model.from_config` builds, exactly as training builds it (models.config_from_section)."""
+    from llmtune.models import config_from_section, load_tokenizer
 
-    sizes = dict(section.from_config)
-    architecture = str(sizes.pop("architecture"))
-    try:
-        config_class = type(AutoConfig.for_model(architecture))
-    except ValueError:
-        raise LlmtuneError(
-            f"model.from_config.architecture: unknown architecture {architecture!r} (a transformers "
-            "model_type, e.g. gpt2, llama, bloom)"
-        ) from None
-    if "vocab_size" not in sizes:
-        from llmtune.models import load_tokenizer
-
-        sizes["vocab_size"] = len(load_tokenizer(section, None))
-    return config_class(**sizes)
+    return config_from_section(section, load_tokenizer(section, None))
 
 
 def _meta_model(config, section):
