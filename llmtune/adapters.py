@@ -1,28 +1,42 @@
 """recipe.peft → what trains: a PEFT adapter (LoRA, DoRA, rsLoRA, QLoRA, prompt tuning, prefix tuning,
-P-tuning, IA3), freeze-tuning (named parameters of the model itself), or everything (`method: none`).
+P-tuning, IA3), freeze-tuning (named parameters of the model itself), or everything (`method: none`); and a
+trained adapter folder loaded back on its base, unmerged (eval, merge).
 
 Named `adapters` rather than `peft` so that it never shadows the `peft` package it wraps.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmtune.errors import LlmtuneError
-from llmtune.models import count_parameters
+from llmtune.errors import LlmtuneError, did_you_mean
+from llmtune.hub import ResolvedModel
+from llmtune.models import (
+    count_parameters,
+    has_tokenizer_files,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_model_source,
+)
 
 if TYPE_CHECKING:
-    from llmtune.recipe import PeftSection
+    from llmtune.recipe import ModelSection, PeftSection
 
 log = logging.getLogger("llmtune")
 
 LORA_FAMILY = ("lora", "dora", "qlora")
 
 
-def build_peft_config(section: PeftSection, task_type: str = "CAUSAL_LM", tokenizer_path: str | None = None):
-    """The peft config object for `section` (None when no PEFT adapter is used)."""
+def build_peft_config(
+    section: PeftSection, task_type: str | None = "CAUSAL_LM", tokenizer_path: str | None = None
+):
+    """The peft config object for `section` (None when no PEFT adapter is used). `task_type` None is a
+    model of llmtune's own (the lora-ner tagger), wrapped as a plain PeftModel."""
     import peft
 
     method = section.method
@@ -72,8 +86,6 @@ def quantization_config(section: PeftSection, model_dtype):
     import torch
     from transformers import BitsAndBytesConfig
 
-    from llmtune.models import resolve_dtype
-
     compute = model_dtype if section.compute_dtype == "auto" else resolve_dtype(section.compute_dtype)
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -89,7 +101,7 @@ def apply_peft(
     section: PeftSection,
     *,
     gradient_checkpointing: bool = False,
-    task_type: str = "CAUSAL_LM",
+    task_type: str | None = "CAUSAL_LM",
     tokenizer_path: str | None = None,
 ):
     """Make the recipe's parameters trainable: wrap `model` with an adapter, freeze it but for the named
@@ -106,6 +118,7 @@ def apply_peft(
         # With frozen embeddings no input requires grad, and checkpointed blocks would get no gradient.
         model.enable_input_require_grads()
     config = build_peft_config(section, task_type, tokenizer_path)
+    _check_modules_to_save(model, getattr(config, "modules_to_save", None))
     try:
         return peft.get_peft_model(model, config)
     except (ValueError, KeyError) as exc:
@@ -115,6 +128,19 @@ def apply_peft(
             hint="Use `all-linear`, or names of the model's linear layers (e.g. q_proj, v_proj for Llama; "
             "c_attn for GPT-2; query_key_value for BLOOM).",
         ) from None
+
+
+def _check_modules_to_save(model, names: list[str] | None) -> None:
+    """PEFT wraps the modules whose names end with a modules_to_save entry and says nothing about an entry
+    that matches none: the recipe would promise a trained module that stays frozen."""
+    modules = [name for name, _ in model.named_modules() if name]
+    for wanted in names or []:
+        if not any(name == wanted or name.endswith("." + wanted) for name in modules):
+            raise LlmtuneError(
+                f"peft.modules_to_save: {wanted!r} is not a module of this model"
+                f"{did_you_mean(wanted, {name.rsplit('.', 1)[-1] for name in modules})}",
+                hint="Give the last part of a module name (e.g. lm_head, embed_tokens, classifier).",
+            )
 
 
 def _freeze_except(model, section: PeftSection):
@@ -154,3 +180,87 @@ def _block_indices(model) -> list[int]:
 def describe_trainable(model) -> str:
     trainable, total = count_parameters(model)
     return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
+
+
+# ------------------------------------------------------------------------------------- trained adapters, loaded back
+UNMERGEABLE_ADAPTERS = {
+    "PROMPT_TUNING": "prompt tuning",
+    "PREFIX_TUNING": "prefix tuning",
+    "P_TUNING": "P-tuning",
+    "MULTITASK_PROMPT_TUNING": "multitask prompt tuning",
+    "ADAPTION_PROMPT": "adaption prompt (LLaMA-Adapter)",
+}
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def run_recipe_model(folder: Path) -> ModelSection | None:
+    """The model section of the recipe that trained the run in `folder` (None when there is none)."""
+    from llmtune.recipe import ModelSection, load_yaml_file
+
+    path = Path(folder) / "recipe.yaml"
+    if not path.is_file():
+        return None
+    try:
+        section = load_yaml_file(path).get("model")
+        return ModelSection.model_validate(section) if isinstance(section, dict) else None
+    except Exception:  # an old or edited recipe.yaml only loses the hint it would give
+        return None
+
+
+def load_adapter_model(
+    folder: str | Path, *, base: str | None = None, dtype: str = "float32", hub: str = "auto"
+):
+    """(PeftModel in eval mode, tokenizer, notes) for an adapter folder, the adapter NOT merged.
+
+    The base is `base`, else the adapter config's base_model_name_or_path when it exists on this machine,
+    else the training recipe's model.name_or_path (a demo alias or hub id travels between machines where an
+    absolute path does not). A base quantised on disk (bitsandbytes) is de-quantised to `dtype`; a QLoRA
+    adapter is applied to the base in `dtype` (not 4-bit). The embedding is resized to the run's tokenizer
+    (tokens added by a chat template) before the adapter, which carries the resized rows, is loaded.
+    """
+    from peft import PeftModel
+
+    from llmtune.recipe import ModelSection
+
+    folder = Path(folder)
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    notes: list[str] = []
+    trained_with = run_recipe_model(folder)
+    recorded = config.get("base_model_name_or_path")
+    if base is None:
+        if recorded and Path(recorded).exists():
+            base = recorded
+        elif trained_with is not None and trained_with.name_or_path:
+            base = trained_with.name_or_path
+        else:
+            base = recorded
+    if not base:
+        raise LlmtuneError(
+            f"{folder}/adapter_config.json names no base model; pass the base with --base NAME_OR_FOLDER."
+        )
+    section = (trained_with or ModelSection(name_or_path=base)).model_copy(
+        update={"name_or_path": base, "dtype": dtype, "tokenizer": None}
+    )
+    if hub != "auto":
+        section = section.model_copy(update={"hub": hub})
+    resolved = resolve_model_source(section)
+    tokenizer = load_tokenizer(
+        section,
+        resolved if not has_tokenizer_files(folder) else ResolvedModel(folder, "local", str(folder)),
+    )
+    model = load_causal_lm(section, resolved, tokenizer)
+    if getattr(model, "is_quantized", False):
+        notes.append(f"the base {base} is quantised on disk; de-quantised to {dtype} before merging")
+        model = model.dequantize().to(resolve_dtype(dtype))
+    model.eval()
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(folder))
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise LlmtuneError(
+            f"cannot apply the adapter in {folder} to {base}: {str(exc).strip().splitlines()[0]}",
+            hint="Is --base the model the adapter was trained on (same architecture and vocabulary)?",
+        ) from None
+    return peft_model.eval(), tokenizer, notes

@@ -6,13 +6,12 @@ Imports of torch/transformers happen inside the functions, so `llmtune --help` s
 from __future__ import annotations
 
 import logging
-import os
 import sys
-from contextlib import contextmanager
 
 import typer
 
 from llmtune import __version__
+from llmtune.console import user_errors
 
 app = typer.Typer(
     name="llmtune",
@@ -35,6 +34,9 @@ app = typer.Typer(
 )
 
 RecipeOption = typer.Option(..., "--recipe", "-r", help="YAML recipe file.", show_default=False)
+OptionalRecipeOption = typer.Option(
+    None, "--recipe", "-r", help="YAML recipe file (to train).", show_default=False
+)
 SetOption = typer.Option(
     None,
     "--set",
@@ -93,221 +95,103 @@ def _root(
     pass
 
 
-@contextmanager
-def user_errors(debug: bool):
-    """Print an LlmtuneError as one paragraph and exit 2; keep tracebacks for --debug."""
-    from llmtune.errors import EXIT_USER_ERROR, LlmtuneError
-
-    debug = debug or os.environ.get("LLMTUNE_DEBUG", "") not in ("", "0")
-    _configure_logging()
-    try:
-        yield
-    except LlmtuneError as exc:
-        if debug:
-            raise
-        typer.echo(f"llmtune: error: {exc.render()}", err=True)
-        raise typer.Exit(getattr(exc, "exit_code", EXIT_USER_ERROR)) from None
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        typer.echo("llmtune: interrupted.", err=True)
-        raise typer.Exit(130) from None
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        if debug:
-            raise
-        typer.echo(
-            f"llmtune: unexpected {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}\n"
-            "This is a failure inside llmtune or a library, not a recipe problem. Rerun with --debug for the "
-            "traceback (a run folder also has it in run.log).",
-            err=True,
-        )
-        raise typer.Exit(1) from None
-
-
-class _ConsoleHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (test runners swap it between invocations)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def _configure_logging() -> None:
-    logger = logging.getLogger("llmtune")
-    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
-        handler = _ConsoleHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    # In a multi-process run only rank 0 reports; the others speak up for warnings and errors.
-    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
-    logger.propagate = False
-
-
-def _load(recipe: str, recipe_class_name: str, overrides: list[str] | None):
+def _load(path: str, kind: str | None, overrides: list[str] | None, *, allowed: tuple[str, ...] = ()):
+    """The recipe at `path` as the recipe class of command `kind` (None: told by its sections, one of
+    `allowed`), with its loading notes printed."""
     from llmtune import recipe as recipes
 
-    loaded = recipes.load_recipe(recipe, getattr(recipes, recipe_class_name), overrides or [])
+    loaded = recipes.load_recipe(path, kind or recipes.recipe_kind(path, allowed), overrides or [])
     for note in loaded.notes:
         logging.getLogger("llmtune").warning("note: %s", note)
     return loaded
 
 
-def _launch_sets(nproc, strategy, accelerate_config, nnodes, node_rank, main_process_ip, main_process_port):
-    """The multi-process flags as `--set launch.key=value` overrides (flags win over the recipe)."""
-    import json
-
-    values = {
-        "nproc": nproc,
-        "strategy": strategy,
-        "accelerate_config": accelerate_config,
-        "nnodes": nnodes,
-        "node_rank": node_rank,
-        "main_process_ip": main_process_ip,
-        "main_process_port": main_process_port,
-    }
-    return [f"launch.{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
-
-
-def _train(
-    stage_name, recipe_class, recipe, set_, print_config, overwrite, resume, debug, launch_sets=()
-) -> None:
+def _train(stage: str, recipe, set_, print_config, overwrite, resume, debug, launch_flags: dict) -> None:
     """The body of every training command: load and check the recipe, re-launch it in several processes
     when asked, else run its stage."""
     import importlib
+    import json
 
     from llmtune import launch
 
     with user_errors(debug):
-        loaded = _load(recipe, recipe_class, [*(set_ or []), *launch_sets])
+        if recipe is None:
+            from llmtune.errors import LlmtuneError
+
+            raise LlmtuneError(
+                f"llmtune {stage} needs --recipe FILE to train (or: lora-ner predict --model RUN TEXT)."
+            )
+        # The multi-process flags are `--set launch.key=value` overrides (flags win over the recipe).
+        launch_sets = [f"launch.{k}={json.dumps(v)}" for k, v in launch_flags.items() if v is not None]
+        loaded = _load(recipe, stage, [*(set_ or []), *launch_sets])
         if print_config:
             typer.echo(loaded.to_yaml(), nl=False)
             return
         request = launch.request_from(loaded.launch, {})
         if request.world_size > 1 and not launch.inside_launcher():
-            if _ARGV is None:
-                from llmtune.errors import LlmtuneError
-
-                raise LlmtuneError(
-                    "a multi-process launch needs the llmtune command line (not an embedded call)."
-                )
             raise typer.Exit(launch.relaunch(request, _ARGV))
         from llmtune.interrupt import signals_handled
 
-        stage = importlib.import_module(f"llmtune.stages.{stage_name}")
+        module = importlib.import_module(f"llmtune.stages.{stage.replace('-', '_')}")
         try:
             with signals_handled():
-                stage.run(loaded, overwrite=overwrite, resume=resume)
+                module.run(loaded, overwrite=overwrite, resume=resume)
         finally:
             if launch.inside_launcher():
                 launch.finish()
 
 
-@app.command(
+def _training_command(stage: str, *, recipe_required: bool = True):
+    """The function behind `llmtune <stage>`: the options every training command shares, declared once."""
+    recipe_option = RecipeOption if recipe_required else OptionalRecipeOption
+
+    def command(
+        ctx: typer.Context,
+        recipe: str = recipe_option,
+        set_: list[str] = SetOption,
+        print_config: bool = PrintConfigOption,
+        overwrite: bool = OverwriteOption,
+        resume: bool = ResumeOption,
+        debug: bool = DebugOption,
+        nproc: int = NprocOption,
+        strategy: str = StrategyOption,
+        accelerate_config: str = AccelerateConfigOption,
+        nnodes: int = NnodesOption,
+        node_rank: int = NodeRankOption,
+        main_process_ip: str = MainIpOption,
+        main_process_port: int = MainPortOption,
+    ) -> None:
+        if ctx.invoked_subcommand is not None:
+            return  # `llmtune lora-ner predict ...`: the subcommand runs instead
+        launch_flags = {
+            "nproc": nproc,
+            "strategy": strategy,
+            "accelerate_config": accelerate_config,
+            "nnodes": nnodes,
+            "node_rank": node_rank,
+            "main_process_ip": main_process_ip,
+            "main_process_port": main_process_port,
+        }
+        _train(stage, recipe, set_, print_config, overwrite, resume, debug, launch_flags)
+
+    return command
+
+
+app.command(
+    "pretrain",
     help="Continued pretraining (full, LoRA, DoRA) or pretraining from scratch on raw text.",
     epilog="Example: llmtune pretrain --recipe recipes/pretrain/smollm2-135m-continued-lora.yaml --set train.max_steps=5",
-)
-def pretrain(
-    recipe: str = RecipeOption,
-    set_: list[str] = SetOption,
-    print_config: bool = PrintConfigOption,
-    overwrite: bool = OverwriteOption,
-    resume: bool = ResumeOption,
-    debug: bool = DebugOption,
-    nproc: int = NprocOption,
-    strategy: str = StrategyOption,
-    accelerate_config: str = AccelerateConfigOption,
-    nnodes: int = NnodesOption,
-    node_rank: int = NodeRankOption,
-    main_process_ip: str = MainIpOption,
-    main_process_port: int = MainPortOption,
-) -> None:
-    _train(
-        "pretrain",
-        "PretrainRecipe",
-        recipe,
-        set_,
-        print_config,
-        overwrite,
-        resume,
-        debug,
-        _launch_sets(
-            nproc, strategy, accelerate_config, nnodes, node_rank, main_process_ip, main_process_port
-        ),
-    )
-
-
-@app.command(
+)(_training_command("pretrain"))
+app.command(
+    "sft",
     help="Supervised fine-tuning on conversations (full, LoRA, DoRA, QLoRA, prompt/prefix/P-tuning, IA3, freeze).",
     epilog="Example: llmtune sft --recipe recipes/quickstart.yaml --set data.packing=true",
-)
-def sft(
-    recipe: str = RecipeOption,
-    set_: list[str] = SetOption,
-    print_config: bool = PrintConfigOption,
-    overwrite: bool = OverwriteOption,
-    resume: bool = ResumeOption,
-    debug: bool = DebugOption,
-    nproc: int = NprocOption,
-    strategy: str = StrategyOption,
-    accelerate_config: str = AccelerateConfigOption,
-    nnodes: int = NnodesOption,
-    node_rank: int = NodeRankOption,
-    main_process_ip: str = MainIpOption,
-    main_process_port: int = MainPortOption,
-) -> None:
-    _train(
-        "sft",
-        "SftRecipe",
-        recipe,
-        set_,
-        print_config,
-        overwrite,
-        resume,
-        debug,
-        _launch_sets(
-            nproc, strategy, accelerate_config, nnodes, node_rank, main_process_ip, main_process_port
-        ),
-    )
-
-
-@app.command(
+)(_training_command("sft"))
+app.command(
+    "dpo",
     help="Preference tuning on chosen/rejected pairs: DPO (any TRL loss type), ORPO, SimPO, KTO.",
     epilog="Example: llmtune dpo --recipe recipes/dpo/smollm2-135m-dpo-en.yaml --set dpo.loss_type=ipo",
-)
-def dpo(
-    recipe: str = RecipeOption,
-    set_: list[str] = SetOption,
-    print_config: bool = PrintConfigOption,
-    overwrite: bool = OverwriteOption,
-    resume: bool = ResumeOption,
-    debug: bool = DebugOption,
-    nproc: int = NprocOption,
-    strategy: str = StrategyOption,
-    accelerate_config: str = AccelerateConfigOption,
-    nnodes: int = NnodesOption,
-    node_rank: int = NodeRankOption,
-    main_process_ip: str = MainIpOption,
-    main_process_port: int = MainPortOption,
-) -> None:
-    _train(
-        "dpo",
-        "DpoRecipe",
-        recipe,
-        set_,
-        print_config,
-        overwrite,
-        resume,
-        debug,
-        _launch_sets(
-            nproc, strategy, accelerate_config, nnodes, node_rank, main_process_ip, main_process_port
-        ),
-    )
+)(_training_command("dpo"))
 
 
 data_app = typer.Typer(help="Inspect training data without training.", no_args_is_help=True)
@@ -330,10 +214,7 @@ def data_check(
     debug: bool = DebugOption,
 ) -> None:
     with user_errors(debug):
-        from llmtune.recipe import load_yaml_file
-
-        kind = "DpoRecipe" if "dpo" in load_yaml_file(recipe) else "SftRecipe"
-        loaded = _load(recipe, kind, set_)
+        loaded = _load(recipe, None, set_, allowed=("sft", "dpo"))
         from llmtune.stages import data_check as stage
 
         use_color = color == "always" or (color == "auto" and sys.stdout.isatty())
@@ -348,47 +229,7 @@ ner_app = typer.Typer(
 app.add_typer(ner_app, name="lora-ner")
 
 
-@ner_app.callback(invoke_without_command=True)
-def lora_ner(
-    ctx: typer.Context,
-    recipe: str = typer.Option(
-        None, "--recipe", "-r", help="YAML recipe file (to train).", show_default=False
-    ),
-    set_: list[str] = SetOption,
-    print_config: bool = PrintConfigOption,
-    overwrite: bool = OverwriteOption,
-    resume: bool = ResumeOption,
-    debug: bool = DebugOption,
-    nproc: int = NprocOption,
-    strategy: str = StrategyOption,
-    accelerate_config: str = AccelerateConfigOption,
-    nnodes: int = NnodesOption,
-    node_rank: int = NodeRankOption,
-    main_process_ip: str = MainIpOption,
-    main_process_port: int = MainPortOption,
-) -> None:
-    if ctx.invoked_subcommand is not None:
-        return
-    with user_errors(debug):
-        from llmtune.errors import LlmtuneError
-
-        if recipe is None:
-            raise LlmtuneError(
-                "llmtune lora-ner needs --recipe FILE to train (or: lora-ner predict --model RUN TEXT)."
-            )
-    _train(
-        "lora_ner",
-        "NerRecipe",
-        recipe,
-        set_,
-        print_config,
-        overwrite,
-        resume,
-        debug,
-        _launch_sets(
-            nproc, strategy, accelerate_config, nnodes, node_rank, main_process_ip, main_process_port
-        ),
-    )
+ner_app.callback(invoke_without_command=True)(_training_command("lora-ner", recipe_required=False))
 
 
 @ner_app.command(
@@ -405,9 +246,9 @@ def lora_ner_predict(
         import json
         from pathlib import Path
 
-        from llmtune.data.ner import entities
         from llmtune.errors import LlmtuneError
-        from llmtune.stages.lora_ner import load_tagger, split_text, tag_words
+        from llmtune.ner.predict import predict_entities
+        from llmtune.ner.tagger import load_tagger
 
         items = list(texts or [])
         if file:
@@ -418,17 +259,7 @@ def lora_ner_predict(
             raise LlmtuneError("give text to tag as arguments or with --file.")
         tagger, tokenizer, config = load_tagger(Path(model))
         for text in items:
-            words, offsets = split_text(text, config.get("unit", "word"))
-            tags = tag_words(tagger, tokenizer, words, config.get("max_length", 256)) if words else []
-            found = [
-                {
-                    "type": kind,
-                    "text": text[offsets[s][0] : offsets[e - 1][1]],
-                    "start": offsets[s][0],
-                    "end": offsets[e - 1][1],
-                }
-                for kind, s, e in entities(tags)
-            ]
+            found = predict_entities(tagger, tokenizer, config, text)
             if as_json:
                 typer.echo(json.dumps({"text": text, "entities": found}, ensure_ascii=False))
             else:
@@ -460,21 +291,9 @@ def plan(
     with user_errors(debug):
         import json
 
-        from llmtune.errors import LlmtuneError
         from llmtune.plan import estimate, parse_memory
-        from llmtune.recipe import load_yaml_file
 
-        raw = load_yaml_file(recipe)
-        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
-        if "dpo" in raw:
-            kind = "DpoRecipe"
-        elif "block_size" in data or "txt_document" in data or "from_config" in (raw.get("model") or {}):
-            kind = "PretrainRecipe"
-        else:
-            kind = "SftRecipe"
-        loaded = _load(recipe, kind, set_)
-        if target not in ("gpu", "cpu"):
-            raise LlmtuneError(f"--target {target!r}: expected gpu or cpu.")
+        loaded = _load(recipe, None, set_, allowed=("pretrain", "sft", "dpo"))
         result = estimate(
             loaded,
             device_memory_bytes=parse_memory(device_memory) if device_memory else None,
@@ -508,14 +327,6 @@ def merge(
     debug: bool = DebugOption,
 ) -> None:
     with user_errors(debug):
-        from llmtune.errors import LlmtuneError
-
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise LlmtuneError(f"--dtype {dtype!r}: expected float32, bfloat16 or float16.")
-        if not tolerance > 0:
-            raise LlmtuneError(f"--tolerance {tolerance}: must be a positive number.")
-        if hub not in ("auto", "hf", "modelscope"):
-            raise LlmtuneError(f"--hub {hub!r}: expected auto, hf or modelscope.")
         from llmtune.stages import merge as stage
 
         stage.run(
@@ -557,39 +368,30 @@ def eval_(
         import json
         from pathlib import Path
 
-        from llmtune.recipe import EvalRecipe, load_yaml_file, recipe_from_mapping
+        from llmtune.recipe import EvalRecipe, load_recipe, recipe_from_mapping
 
-        raw = load_yaml_file(recipe) if recipe else {}
-        base_dir = Path(recipe).resolve().parent if recipe else Path.cwd()
-        source = recipe or "<command line>"
-        # Flags are relative to the current folder, recipe values to the recipe's: flags go in as
-        # absolute paths after the recipe's own have been resolved.
-        flags: list[str] = []
-        if model:
-            flags.append(f"model.name_or_path={json.dumps(_flag_path(model))}")
-        if compare:
-            flags.append(f"eval.compare={json.dumps([_flag_path(c) for c in compare])}")
-        if out:
-            flags.append(f"eval.output_dir={json.dumps(out)}")
-        for task, values in (("perplexity", perplexity), ("mcq", mcq), ("ner", ner)):
-            if values:
-                flags.append(f"{task}.files={json.dumps([_flag_path(v) for v in values])}")
-        if generate:
-            flags.append(f"generate.prompts={json.dumps(list(generate))}")
-        loaded = recipe_from_mapping(raw, EvalRecipe, source, base_dir, [*flags, *(set_ or [])])
+        # The flags are --set overrides: paths in them are relative to the current folder, as in --set.
+        flags = {
+            "model.name_or_path": model,
+            "eval.compare": list(compare or []),
+            "eval.output_dir": out,
+            "perplexity.files": perplexity,
+            "mcq.files": mcq,
+            "ner.files": ner,
+            "generate.prompts": generate,
+        }
+        overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value]
+        overrides += set_ or []
+        if recipe:
+            loaded = load_recipe(recipe, EvalRecipe, overrides)
+        else:
+            loaded = recipe_from_mapping({}, EvalRecipe, "<command line>", Path.cwd(), overrides)
         if print_config:
             typer.echo(loaded.to_yaml(), nl=False)
             return
         from llmtune.stages import eval as stage
 
         stage.run(loaded, overwrite=overwrite)
-
-
-def _flag_path(value: str) -> str:
-    """A command-line path made absolute (it is relative to the current folder, not to the recipe)."""
-    from pathlib import Path
-
-    return str(Path(value).resolve()) if Path(value).exists() else value
 
 
 @app.command(

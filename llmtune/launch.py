@@ -125,8 +125,11 @@ def strip_launch_flags(argv: list[str]) -> list[str]:
     return out
 
 
-def relaunch(request: LaunchRequest, argv: list[str]) -> int:
-    """Run the same command in `request.world_size` processes; returns their exit code."""
+def relaunch(request: LaunchRequest, argv: list[str] | None) -> int:
+    """Run the same command in `request.world_size` processes; returns their exit code. `argv` is the
+    command line (None when llmtune was called from Python, which cannot be re-launched)."""
+    if argv is None:
+        raise LlmtuneError("a multi-process launch needs the llmtune command line (not an embedded call).")
     command = relaunch_command(request, argv)
     env = dict(os.environ)
     env[EXPECT_ENV] = json.dumps(asdict(request))

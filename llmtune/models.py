@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmtune.errors import LlmtuneError, did_you_mean
-from llmtune.hub import DEMO_MODELS, ResolvedModel, llmtune_home, resolve_demo_model, resolve_model
+from llmtune.home import llmtune_home
+from llmtune.hub import DEMO_MODELS, ResolvedModel, resolve_demo_model, resolve_model
 
 if TYPE_CHECKING:
     import torch
@@ -70,13 +71,13 @@ def load_tokenizer(section: ModelSection, resolved: ResolvedModel | None) -> Pre
     elif (
         (folder / "encoder.json").exists()
         and (folder / "vocab.bpe").exists()
-        and not _has_tokenizer_config(folder)
+        and not has_tokenizer_files(folder)
     ):
         tokenizer = _load_gpt2_bpe(folder)
     elif (
         (folder / "vocab.json").exists()
         and (folder / "merges.txt").exists()
-        and not _has_tokenizer_config(folder)
+        and not has_tokenizer_files(folder)
     ):
         tokenizer = _load_bpe_pair(folder, folder / "vocab.json")
     else:
@@ -93,7 +94,8 @@ def load_tokenizer(section: ModelSection, resolved: ResolvedModel | None) -> Pre
     return tokenizer
 
 
-def _has_tokenizer_config(folder: Path) -> bool:
+def has_tokenizer_files(folder: Path) -> bool:
+    """Whether `folder` holds a tokenizer of its own (tokenizer.json or tokenizer_config.json)."""
     return (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists()
 
 
@@ -346,87 +348,3 @@ def max_positions(model) -> int | None:
         if isinstance(value, int):
             return value
     return None
-
-
-# ------------------------------------------------------------------------------------- adapter folders
-UNMERGEABLE_ADAPTERS = {
-    "PROMPT_TUNING": "prompt tuning",
-    "PREFIX_TUNING": "prefix tuning",
-    "P_TUNING": "P-tuning",
-    "MULTITASK_PROMPT_TUNING": "multitask prompt tuning",
-    "ADAPTION_PROMPT": "adaption prompt (LLaMA-Adapter)",
-}
-
-
-def is_adapter_folder(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
-
-
-def run_recipe_model(folder: Path) -> ModelSection | None:
-    """The model section of the recipe that trained the run in `folder` (None when there is none)."""
-    from llmtune.recipe import ModelSection, load_yaml_file
-
-    path = Path(folder) / "recipe.yaml"
-    if not path.is_file():
-        return None
-    try:
-        section = load_yaml_file(path).get("model")
-        return ModelSection.model_validate(section) if isinstance(section, dict) else None
-    except Exception:  # an old or edited recipe.yaml only loses the hint it would give
-        return None
-
-
-def load_adapter_model(
-    folder: str | Path, *, base: str | None = None, dtype: str = "float32", hub: str = "auto"
-):
-    """(PeftModel in eval mode, tokenizer, notes) for an adapter folder, the adapter NOT merged.
-
-    The base is `base`, else the adapter config's base_model_name_or_path when it exists on this machine,
-    else the training recipe's model.name_or_path (a demo alias or hub id travels between machines where an
-    absolute path does not). A base quantised on disk (bitsandbytes) is de-quantised to `dtype`; a QLoRA
-    adapter is applied to the base in `dtype` (not 4-bit). The embedding is resized to the run's tokenizer
-    (tokens added by a chat template) before the adapter, which carries the resized rows, is loaded.
-    """
-    from peft import PeftModel
-
-    from llmtune.recipe import ModelSection
-
-    folder = Path(folder)
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    notes: list[str] = []
-    trained_with = run_recipe_model(folder)
-    recorded = config.get("base_model_name_or_path")
-    if base is None:
-        if recorded and Path(recorded).exists():
-            base = recorded
-        elif trained_with is not None and trained_with.name_or_path:
-            base = trained_with.name_or_path
-        else:
-            base = recorded
-    if not base:
-        raise LlmtuneError(
-            f"{folder}/adapter_config.json names no base model; pass the base with --base NAME_OR_FOLDER."
-        )
-    section = (trained_with or ModelSection(name_or_path=base)).model_copy(
-        update={"name_or_path": base, "dtype": dtype, "tokenizer": None}
-    )
-    if hub != "auto":
-        section = section.model_copy(update={"hub": hub})
-    resolved = resolve_model_source(section)
-    tokenizer = load_tokenizer(
-        section,
-        resolved if not _has_tokenizer_config(folder) else ResolvedModel(folder, "local", str(folder)),
-    )
-    model = load_causal_lm(section, resolved, tokenizer)
-    if getattr(model, "is_quantized", False):
-        notes.append(f"the base {base} is quantised on disk; de-quantised to {dtype} before merging")
-        model = model.dequantize().to(resolve_dtype(dtype))
-    model.eval()
-    try:
-        peft_model = PeftModel.from_pretrained(model, str(folder))
-    except (ValueError, RuntimeError, KeyError) as exc:
-        raise LlmtuneError(
-            f"cannot apply the adapter in {folder} to {base}: {str(exc).strip().splitlines()[0]}",
-            hint="Is --base the model the adapter was trained on (same architecture and vocabulary)?",
-        ) from None
-    return peft_model.eval(), tokenizer, notes

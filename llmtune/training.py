@@ -1,5 +1,6 @@
-"""What every training stage shares: TrainingArguments from a recipe, the standard callbacks, and the
-end of a run (save, metrics, plot, manifest).
+"""What every training stage shares: TrainingArguments from a recipe, the standard callbacks, train() with
+atomic checkpoints and exact resume, saving the trained model with its metrics and loss plot, and counting
+real tokens.
 
 Stages stay thin because HF Trainer / TRL trainers own the loop; this module only fills in the
 defaults llmtune promises (tokens/s of real tokens, TensorBoard under the run folder, CPU-safe
@@ -19,14 +20,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from llmtune.errors import LlmtuneError
-from llmtune.outputs import (
-    CHECKPOINT_PREFIX,
-    MANIFEST,
-    drop_replaced,
-    metrics_from_log_history,
-    plot_loss,
-    write_json,
-)
+from llmtune.outputs import CHECKPOINT_PREFIX, metrics_from_log_history, plot_loss, write_json
 
 log = logging.getLogger("llmtune")
 
@@ -218,29 +212,30 @@ def prune_checkpoints(run_dir: Path, limit: int | None, keep: set[str]) -> list[
     return [p.name for p in removable]
 
 
-def check_launch(trainer, recipe, manifest: dict | None = None) -> None:
-    """Stop unless the trainer's processes are what the recipe/flags asked for (see launch.verify)."""
+def check_launch(trainer, recipe) -> str:
+    """Stop unless the trainer's processes are what the recipe/flags asked for (see launch.verify);
+    returns the description of how they train together."""
     from llmtune.launch import current_request, verify
 
     request = current_request(recipe)
     description = verify(trainer, request)
     if request.world_size > 1 or request.strategy != "single":
         log.info("distributed: %s", description)
-    if manifest is not None:
-        manifest["distributed"] = description
+    return description
 
 
-def run_training(trainer, recipe, run_dir: Path, resume: bool, manifest: dict, command: str):
-    """trainer.train() the llmtune way: the launch checked, checkpoints written atomically and kept by
-    llmtune's rule, --resume from the newest complete checkpoint, and a signal turned into a saved
-    checkpoint plus an error that says how to resume."""
+def run_training(trainer, recipe, run):
+    """trainer.train() the llmtune way: the launch checked (and recorded in the manifest), checkpoints
+    written atomically and kept by llmtune's rule, --resume from the newest complete checkpoint, and a
+    signal turned into a saved checkpoint plus an error that says how to resume."""
     from llmtune.interrupt import raise_if_interrupted
 
-    check_launch(trainer, recipe, manifest)
-    checkpoint = resume_checkpoint(recipe, run_dir, resume)
+    run.manifest.distributed = check_launch(trainer, recipe)
+    run.write_manifest()
+    checkpoint = resume_checkpoint(recipe, run.dir, run.folder.resume)
     make_checkpoints_atomic(trainer, checkpoint if isinstance(checkpoint, str) else None)
     output = trainer.train(resume_from_checkpoint=checkpoint)
-    raise_if_interrupted(trainer, recipe, command)
+    raise_if_interrupted(trainer, recipe, run.command)
     return output
 
 
@@ -262,19 +257,15 @@ def resume_checkpoint(recipe, run_dir: Path, resume: bool) -> str | bool | None:
     return None
 
 
-def finish_run(trainer, run_dir: Path, manifest: dict, *, title: str, results: dict[str, Any]) -> dict:
-    """Save the model/adapter and tokenizer, write metrics.json and loss.png, then mark the manifest
-    completed (the last write of a run)."""
-    trainer.save_model(str(run_dir))
+def save_trained(trainer, run, *, title: str) -> None:
+    """Save the model/adapter and tokenizer into the run folder (every rank takes part: ZeRO-3 gathers),
+    check the saved weights, and write metrics.json and loss.png. The stage then calls run.finish."""
+    trainer.save_model(str(run.dir))
     if trainer.is_world_process_zero():
-        check_saved_weights(run_dir)
+        check_saved_weights(run.dir)
         metrics = metrics_from_log_history(trainer.state.log_history)
-        write_json(run_dir / "metrics.json", metrics)
-        plot_loss(metrics, run_dir / "loss.png", title)
-        manifest.update(status="completed", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), results=results)
-        write_json(run_dir / MANIFEST, manifest)
-        drop_replaced(run_dir)
-    return results
+        write_json(run.dir / "metrics.json", metrics)
+        plot_loss(metrics, run.dir / "loss.png", title)
 
 
 def check_saved_weights(run_dir: Path) -> None:
@@ -297,48 +288,6 @@ def check_saved_weights(run_dir: Path) -> None:
                 hint="Use deepspeed_configs/zero3.json (stage3_gather_16bit_weights_on_model_save: true) or "
                 "FSDP with state_dict_type FULL_STATE_DICT; the sharded state is in the last checkpoint.",
             )
-
-
-def set_stop_tokens(model, tokenizer, end_of_turn: str | None) -> None:
-    """Make generation stop at the template's end-of-turn token as well as EOS (saved with the model)."""
-    ids = {tokenizer.eos_token_id}
-    if end_of_turn is not None:
-        token_id = tokenizer.convert_tokens_to_ids(end_of_turn)
-        if token_id is not None and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    ids.discard(None)
-    config = model.generation_config
-    current = config.eos_token_id
-    current = set(current) if isinstance(current, list) else ({current} if current is not None else set())
-    merged = sorted(current | ids)
-    config.eos_token_id = merged[0] if len(merged) == 1 else merged
-    if config.pad_token_id is None:
-        config.pad_token_id = tokenizer.pad_token_id
-
-
-def generate_samples(model, tokenizer, samples) -> list[str]:
-    """Greedy answers to `samples.prompts` through the chat template (for the before/after report)."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    answers = []
-    device = next(model.parameters()).device
-    for prompt in samples.prompts:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}],
-            add_generation_prompt=True,
-            return_tensors="pt",
-            return_dict=True,
-        )
-        ids = {k: v.to(device) for k, v in ids.items()}
-        with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=samples.max_new_tokens, do_sample=False)
-        answers.append(
-            tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
-        )
-    model.train(was_training)
-    return answers
 
 
 @contextmanager

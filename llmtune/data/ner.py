@@ -10,8 +10,9 @@ Two file shapes are read into the same `Sentence` (tokens + one tag per token):
 
 Every broken row is an error naming file and line, or, with `on_bad_rows: skip`, a counted skip of the
 whole sentence: a tagger trained on half a sentence learns wrong transitions, so nothing is kept partially.
-The helpers below then turn sentences into model inputs: the label set, a dev/test check against it,
-sub-token label alignment, and word windows for sentences longer than the model's maximum length.
+`read_ner_file` picks the reader for a file; `label_list` and `check_labels` give the label set and check
+dev/test data against it. Turning sentences into model inputs (sub-token alignment, windows) is
+llmtune/ner/encoding.py.
 """
 
 from __future__ import annotations
@@ -249,6 +250,42 @@ def _repair(tags: list[str], scheme: str, repairs: Counter | None) -> list[str]:
     return fixed
 
 
+# ------------------------------------------------------------------------------------ any NER file
+NER_SUFFIXES = (".txt", ".conll", ".bio", ".tsv", ".json", ".jsonl")
+
+
+def read_ner_file(
+    path: Path,
+    *,
+    format: str = "auto",
+    scheme: str = "BIO",
+    tag_column: int = -1,
+    strict: bool = True,
+    on_bad_rows: str = "error",
+    bad: BadRows,
+    repairs: Counter | None = None,
+    notes: list[str] | None = None,
+) -> tuple[list[Sentence], str]:
+    """(sentences tagged in `scheme`, unit) of one file: span JSON (`format` span_json, or auto and a
+    .json/.jsonl file; unit "char") or CoNLL columns (unit "word", read as BIO and converted)."""
+    span_json = format == "span_json" or (format == "auto" and path.suffix in (".json", ".jsonl"))
+    if span_json:
+        return read_span_json(path, scheme=scheme, on_bad_rows=on_bad_rows, bad=bad), "char"
+    sentences = read_conll(
+        path,
+        tag_column=tag_column,
+        scheme="BIO",
+        strict=strict,
+        on_bad_rows=on_bad_rows,
+        bad=bad,
+        repairs=repairs,
+        notes=notes,
+    )
+    if scheme == "BIOES":
+        sentences = [Sentence(s.tokens, to_scheme(s.tags, "BIOES"), s.where) for s in sentences]
+    return sentences, "word"
+
+
 # -------------------------------------------------------------------------------- CLUENER span JSON
 def read_span_json(
     path: Path | str, *, scheme: str = "BIO", on_bad_rows: str = "error", bad: BadRows
@@ -351,70 +388,3 @@ def check_labels(sentences: list[Sentence], labels: list[str], split_name: str) 
                     "no label for it.",
                     hint=f"Add training examples of it or fix the tag; training labels: {', '.join(labels)}.",
                 )
-
-
-# ---------------------------------------------------------------------------- sub-token alignment
-def align_labels(
-    word_ids: list[int | None],
-    tags_ids: list[int],
-    label_all_subtokens: bool = False,
-    continuation_ids: dict[int, int] | None = None,
-) -> list[int]:
-    """One label id per sub-token, from one tag id per word (`word_ids` as a fast tokenizer gives them).
-
-    Special tokens get -100 (ignored by the loss). A word's first sub-token gets the word's tag; its
-    other sub-tokens get -100, so each word is predicted and scored once, as in the BERT paper. With
-    `label_all_subtokens` they get the word's tag too, mapped through `continuation_ids` when given
-    (e.g. B-PER's id → I-PER's id), because a copied B- would read as a second entity.
-    """
-    labels: list[int] = []
-    previous = None
-    for word in word_ids:
-        if word is None:
-            labels.append(IGNORE_INDEX)
-        elif word != previous:
-            labels.append(tags_ids[word])
-        elif label_all_subtokens:
-            tag = tags_ids[word]
-            labels.append((continuation_ids or {}).get(tag, tag))
-        else:
-            labels.append(IGNORE_INDEX)
-        previous = word
-    return labels
-
-
-def split_long(tokens_per_word_counts: list[int], max_tokens: int, stride: int) -> list[tuple[int, int]]:
-    """Word windows (start, end_exclusive) that cover a sentence without truncating any word.
-
-    `tokens_per_word_counts[i]` is the number of sub-tokens of word i; `max_tokens` is the budget for
-    them (the model's maximum length minus its special tokens). A sentence that fits is one window
-    (0, n). A longer one is cut greedily into windows that each fit, where each window after the first
-    starts `stride` words before the previous one ended (fewer when the overlap and the next word
-    would not fit in one window), so every word appears in at least one window with some context on both sides. Train on
-    every window; when predicting, score each word once (e.g. from the first window that holds it at
-    least stride // 2 words from its right edge). A single word longer than `max_tokens` is an error.
-    """
-    if max_tokens < 1 or stride < 0:
-        raise LlmtuneError(f"split_long needs max_tokens >= 1 and stride >= 0 (got {max_tokens}, {stride}).")
-    for index, count in enumerate(tokens_per_word_counts):
-        if count > max_tokens:
-            raise LlmtuneError(
-                f"Word {index} has {count} sub-tokens, more than the {max_tokens} that fit in one window; "
-                "raise the maximum sequence length."
-            )
-    total = len(tokens_per_word_counts)
-    windows: list[tuple[int, int]] = []
-    start = 0
-    while True:
-        end, used = start, 0
-        while end < total and used + tokens_per_word_counts[end] <= max_tokens:
-            used += tokens_per_word_counts[end]
-            end += 1
-        windows.append((start, end))
-        if end >= total:
-            return windows
-        start = max(end - stride, start + 1)
-        # Less overlap when the overlap and the next word do not fit together: a window that ended
-        # where the previous one did would add nothing.
-        while sum(tokens_per_word_counts[start : end + 1]) > max_tokens:
-            start += 1

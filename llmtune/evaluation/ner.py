@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmtune.data.ner import Sentence, read_conll, read_span_json, to_scheme
+from llmtune.data.ner import read_ner_file
 from llmtune.data.sources import BadRows
 
 
@@ -12,24 +12,22 @@ def evaluate_ner(run: Path, files: list[Path], section) -> dict:
     """Precision/recall/F1 (micro, macro, per type) over all sentences of `files`."""
     from tqdm.auto import tqdm
 
-    from llmtune.stages.lora_ner import load_tagger, score_tags, tag_words
+    from llmtune.ner.metrics import score_tags
+    from llmtune.ner.predict import tag_words
+    from llmtune.ner.tagger import load_tagger
 
     tagger, tokenizer, config = load_tagger(run)
-    scheme = config.get("scheme", "BIO")
     bad = BadRows()
     gold, predicted = [], []
     for path in files:
-        span_json = section.format == "span_json" or (
-            section.format == "auto" and path.suffix in (".json", ".jsonl")
+        sentences, _ = read_ner_file(
+            path,
+            format=section.format,
+            scheme=config.get("scheme", "BIO"),
+            tag_column=section.tag_column,
+            on_bad_rows=section.on_bad_rows,
+            bad=bad,
         )
-        if span_json:
-            sentences = read_span_json(path, scheme=scheme, on_bad_rows=section.on_bad_rows, bad=bad)
-        else:
-            sentences = read_conll(
-                path, tag_column=section.tag_column, scheme="BIO", on_bad_rows=section.on_bad_rows, bad=bad
-            )
-            if scheme == "BIOES":
-                sentences = [Sentence(s.tokens, to_scheme(s.tags, "BIOES"), s.where) for s in sentences]
         if section.max_samples:
             sentences = sentences[: section.max_samples]
         for sentence in tqdm(sentences, desc=f"ner {path.name}", unit="sentence", leave=False):

@@ -9,8 +9,14 @@ will see them with the trained (loss) tokens marked: [[in brackets]], or green i
 
 from __future__ import annotations
 
-from llmtune.data.sft import IGNORE_INDEX, length_stats, load_examples, padding_shares, render_with_mask
-from llmtune.data.templates import apply_template
+from llmtune.data.chat_dataset import (
+    IGNORE_INDEX,
+    length_stats,
+    load_chat_data,
+    padding_shares,
+    render_with_mask,
+    tokenize_examples,
+)
 from llmtune.models import load_tokenizer, resolve_model_source
 from llmtune.recipe import DpoRecipe, SftRecipe
 
@@ -22,17 +28,15 @@ def run(recipe: SftRecipe | DpoRecipe, *, samples: int = 2, color: bool = False)
     preference = isinstance(recipe, DpoRecipe)
     resolved = resolve_model_source(recipe.model)
     tokenizer = load_tokenizer(recipe.model, resolved)
-    template, added = apply_template(tokenizer, recipe.data.template)
-    examples, report = load_examples(recipe.data, preference=preference, describe=recipe.describe_path)
-    report.template = template + (f" (added tokens {', '.join(added)})" if added else "")
+    examples, report = load_chat_data(
+        tokenizer, recipe.data, preference=preference, describe=recipe.describe_path
+    )
     out = [f"recipe: {recipe.source} ({'dpo' if preference else 'sft'})"]
     if preference:
         out += report.lines()
         out += _preference_lengths(tokenizer, examples, recipe.data.max_length)
         out += _preference_samples(tokenizer, examples["train"][:samples])
         return "\n".join(out)
-
-    from llmtune.data.sft import tokenize_examples
 
     datasets = tokenize_examples(tokenizer, examples, recipe.data, report)
     out += report.lines()

@@ -9,8 +9,8 @@ TRL's experimental ORPOTrainer and CPOTrainer with loss_type simpo), kto (TRL KT
 unpaired into desirable/undesirable answers). The model can be an earlier sft run: its adapter is
 merged into the base first, and that merged model is the reference.
 
-Read top to bottom: run folder → tokenizer + template → pairs (validated) → model (+ adapter) → trainer
-→ outputs (reward accuracy and margins before and after).
+Read top to bottom: run folder checked → tokenizer + template → pairs (validated) → (run folder opened)
+model (+ adapter) → trainer → results (reward accuracy and margins before and after).
 """
 
 from __future__ import annotations
@@ -20,34 +20,18 @@ import logging
 from pathlib import Path
 
 from llmtune.adapters import apply_peft, describe_trainable, quantization_config
-from llmtune.data.sft import load_examples
-from llmtune.data.templates import apply_template, end_of_turn_token
+from llmtune.data.chat_dataset import load_chat_data
+from llmtune.data.templates import end_of_turn_token
 from llmtune.errors import LlmtuneError
-from llmtune.models import (
-    count_parameters,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_dtype,
-    resolve_model_source,
-)
-from llmtune.outputs import (
-    MANIFEST,
-    check_run_dir,
-    file_log,
-    new_manifest,
-    open_run_dir,
-    record_failure,
-    start_run_log,
-    stop_run_log,
-    write_json,
-    write_text,
-)
+from llmtune.generation import set_stop_tokens
+from llmtune.manifest import model_entry
+from llmtune.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_source
 from llmtune.recipe import DpoRecipe
+from llmtune.run_folder import RunFolder
 from llmtune.training import (
-    finish_run,
     quiet_datasets,
     run_training,
-    set_stop_tokens,
+    save_trained,
     standard_callbacks,
     training_arguments,
 )
@@ -110,9 +94,8 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
 
     from transformers import set_seed
 
+    folder = RunFolder.for_training(recipe, "dpo", overwrite=overwrite, resume=resume)
     train_kwargs = recipe.train.trainer_kwargs()
-    resume = resume or train_kwargs.get("resume_from_checkpoint") not in (None, False)
-    run_dir = check_run_dir(recipe.train.output_dir, overwrite=overwrite, resume=resume)
     config_class, trainer_class, extra = trainer_for(recipe)
     accepted = {f.name for f in dataclasses.fields(config_class)}
     unsupported = sorted(set(train_kwargs) - accepted)
@@ -125,9 +108,7 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
     # ---- inputs
     resolved = resolve_model_source(recipe.model)
     tokenizer = load_tokenizer(recipe.model, resolved)
-    template, added = apply_template(tokenizer, recipe.data.template)
-    examples, report = load_examples(recipe.data, preference=True, describe=recipe.describe_path)
-    report.template = template + (f" (added tokens {', '.join(added)})" if added else "")
+    examples, report = load_chat_data(tokenizer, recipe.data, preference=True, describe=recipe.describe_path)
     for line in report.lines():
         log.info(line)
     datasets = {name: pairs_dataset(pairs) for name, pairs in examples.items()}
@@ -136,17 +117,8 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
 
         datasets = {name: unpair_preference_dataset(ds) for name, ds in datasets.items()}
 
-    open_run_dir(run_dir, overwrite=overwrite, resume=resume)
-    handler = start_run_log(run_dir)
-    manifest = new_manifest("dpo", recipe.source)
-    try:
-        write_text(run_dir / "recipe.yaml", recipe.to_yaml())
-        write_json(run_dir / "data_report.json", report.to_dict())
-        for line in [*(f"note: {n}" for n in recipe.notes), *report.lines()]:
-            file_log.info(line)
-        manifest["data"] = {"files": report.files, "formats": report.formats, "examples": report.examples}
-        write_json(run_dir / MANIFEST, manifest)
-
+    data = {"files": report.files, "formats": report.formats, "examples": report.examples}
+    with folder.open(recipe, data_report=report.to_dict(), data=data, log_lines=report.lines()) as run:
         # ---- model (+ adapter) and reference
         set_seed(train_kwargs.get("seed", 42))
         dtype = resolve_dtype(recipe.model.dtype)
@@ -165,7 +137,6 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
         if gradient_checkpointing:
             model.config.use_cache = False
         model = apply_peft(model, recipe.peft, gradient_checkpointing=gradient_checkpointing)
-        trainable, total = count_parameters(model)
         log.info(
             "model: %s (%s), %s; %s",
             resolved.name,
@@ -173,21 +144,22 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
             describe_trainable(model),
             _reference_note(recipe, ref_model),
         )
-        manifest["model"] = {
-            "name": resolved.name,
-            "path": str(resolved.path),
-            "parameters": total,
-            "trainable_parameters": trainable,
-            "dtype": str(dtype).removeprefix("torch."),
-            "peft": recipe.peft.method,
-            "algorithm": recipe.dpo.algorithm,
-        }
+        run.set_model(
+            model_entry(
+                model,
+                name=resolved.name,
+                source=resolved.source,
+                path=str(resolved.path),
+                peft=recipe.peft.method,
+                algorithm=recipe.dpo.algorithm,
+            )
+        )
 
         # ---- trainer
         has_eval = "validation" in datasets
         args, use_tensorboard = training_arguments(
             recipe,
-            run_dir,
+            run.dir,
             has_eval=has_eval,
             bf16_model=str(dtype) == "torch.bfloat16",
             arguments_class=config_class,
@@ -199,7 +171,7 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
             },
         )
         recorder, callbacks = standard_callbacks(
-            run_dir, use_tensorboard=use_tensorboard, early_stopping=recipe.early_stopping
+            run.dir, use_tensorboard=use_tensorboard, early_stopping=recipe.early_stopping
         )
         trainer_kwargs = {"ref_model": ref_model} if uses_reference else {}
         with quiet_datasets():
@@ -212,9 +184,9 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
                 callbacks=callbacks,
                 **trainer_kwargs,
             )
-        train_output = run_training(trainer, recipe, run_dir, resume, manifest, "dpo")
+        train_output = run_training(trainer, recipe, run)
 
-        # ---- outputs
+        # ---- results
         results = {
             "algorithm": recipe.dpo.algorithm,
             "train_loss": train_output.training_loss,
@@ -229,18 +201,8 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
                     results[key.replace("/", "_")] = final[key]
                 if evals and key in evals[0]:
                     results[key.replace("/", "_") + "_first"] = evals[0][key]
-        finish_run(trainer, run_dir, manifest, title=f"dpo: {Path(recipe.source).name}", results=results)
-        log.info(
-            "done: %s",
-            ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()),
-        )
-        log.info("run folder: %s", run_dir)
-        return results
-    except BaseException as exc:
-        record_failure(run_dir, manifest, exc)
-        raise
-    finally:
-        stop_run_log(handler)
+        save_trained(trainer, run, title=f"dpo: {Path(recipe.source).name}")
+        return run.finish(results)
 
 
 def _reference_note(recipe: DpoRecipe, ref_model) -> str:

@@ -4,9 +4,10 @@
     llmtune eval --recipe recipes/eval/quickstart-compare.yaml      (base vs the quickstart adapter)
     llmtune eval --model runs/quickstart --mcq ../shared/data/mcq/mmlu/dev --generate "What is LoRA?"
 
-Read top to bottom: results folder → inputs read and checked (before any model loads) → for each model:
-load (base, GGUF, merged folder, adapter run, lora-ner run) → tasks → results.json, per-question and
-generation JSONL, report.md; with two models also compare.json / compare.md.
+Read top to bottom: results folder checked → inputs read and checked (before any model loads) → (results
+folder opened, staged) for each model: load (base, GGUF, merged folder, adapter run, lora-ner run) → tasks
+→ results.json, per-question and generation JSONL, report.md; with two models also compare.json /
+compare.md. The folder appears under its name only when every model has been evaluated.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 from llmtune.data.sources import BadRows, expand_sources
 from llmtune.errors import LlmtuneError
 from llmtune.evaluation import report as reports
-from llmtune.outputs import MANIFEST, drop_replaced, new_manifest, restore_replaced, set_aside, write_json
 from llmtune.recipe import EvalRecipe
+from llmtune.run_folder import RunFolder
 
 log = logging.getLogger("llmtune")
 LM_TASKS = ("perplexity", "mcq", "generate")
@@ -42,48 +43,31 @@ class Inputs:
 
 def run(recipe: EvalRecipe, *, overwrite: bool = False) -> dict:
     names = _model_names(recipe)
-    out_dir = _output_dir(recipe, overwrite)
+    output_dir = recipe.eval.output_dir or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
+    folder = RunFolder.check(
+        output_dir, command="eval", key="eval.output_dir", overwrite=overwrite, staged=True
+    )
     inputs = _read_inputs(recipe)
 
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        set_aside(out_dir)  # --overwrite: the old results come back if this evaluation fails
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = new_manifest("eval", recipe.source)
-    manifest.update(models=names, tasks=recipe.tasks, status="running")
-    write_json(out_dir / MANIFEST, manifest)
-    (out_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-    all_results: dict[str, dict] = {}
-    labels = _labels(names)
-    template = recipe.eval.template
-    try:
-        for name, label in zip(names, labels, strict=True):
+    with folder.open(recipe, inputs={"models": names, "tasks": recipe.tasks}) as run:
+        all_results: dict[str, dict] = {}
+        template = recipe.eval.template
+        for name, label in zip(names, _labels(names), strict=True):
             log.info("== %s", name)
-            results, template = _evaluate(recipe, name, inputs, template, out_dir, label)
+            results, template = _evaluate(recipe, name, inputs, template, run.dir, label)
             all_results[name] = results
-            (out_dir / f"report-{label}.md").write_text(_report_markdown(name, results), encoding="utf-8")
+            run.write_text(f"report-{label}.md", _report_markdown(name, results))
         summary = {"models": names, "results": all_results}
-        write_json(out_dir / "results.json", summary)
+        run.write_json("results.json", summary)
         if len(names) == 2:
             table = reports.comparison(names, [all_results[n] for n in names])
-            write_json(out_dir / "compare.json", table)
-            (out_dir / "compare.md").write_text(reports.comparison_markdown(table), encoding="utf-8")
+            run.write_json("compare.json", table)
+            run.write_text("compare.md", reports.comparison_markdown(table))
             print(reports.comparison_text(table))
         else:
             for task, metric, value in reports.metric_rows(all_results[names[0]]):
                 print(f"{task}: {metric:<40} {value:.4f}")
-        manifest.update(status="completed", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        write_json(out_dir / MANIFEST, manifest)
-        drop_replaced(out_dir)
-    except BaseException as exc:
-        if restore_replaced(out_dir):
-            raise
-        manifest.update(
-            status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)
-        )
-        write_json(out_dir / MANIFEST, manifest)
-        raise
-    log.info("results: %s", out_dir)
-    return summary
+        return run.finish(summary, summary=False)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -95,21 +79,6 @@ def _model_names(recipe: EvalRecipe) -> list[str]:
             "no model to evaluate: set model.name_or_path in the recipe, or pass --model NAME (or --compare A B)."
         )
     return [recipe.model.name_or_path]
-
-
-def _output_dir(recipe: EvalRecipe, overwrite: bool) -> Path:
-    if recipe.eval.output_dir is None:
-        return Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
-    path = Path(recipe.eval.output_dir)
-    if path.exists() and not path.is_dir():
-        raise LlmtuneError(f"eval.output_dir {path} is a file; give a folder.")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise LlmtuneError(
-                f"eval.output_dir {path} is not empty; llmtune does not overwrite results silently.",
-                hint="Pass --overwrite to replace them, or give a new folder (--out DIR).",
-            )
-    return path
 
 
 def _read_inputs(recipe: EvalRecipe) -> Inputs:
@@ -229,17 +198,11 @@ def _evaluate(recipe: EvalRecipe, name: str, inputs: Inputs, template, out_dir: 
 
 def _load_lm(recipe: EvalRecipe, name: str, template):
     """(model in eval mode, tokenizer, template for the next model, kind) for a name, folder or run."""
+    from llmtune.adapters import is_adapter_folder, load_adapter_model
     from llmtune.data.templates import apply_template, end_of_turn_token
-    from llmtune.models import (
-        is_adapter_folder,
-        load_adapter_model,
-        load_causal_lm,
-        load_tokenizer,
-        resolve_dtype,
-        resolve_model_source,
-    )
+    from llmtune.generation import set_stop_tokens
+    from llmtune.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_source
     from llmtune.recipe import ModelSection
-    from llmtune.training import set_stop_tokens
 
     section = (recipe.model or ModelSection(name_or_path=name)).model_copy(update={"name_or_path": name})
     dtype = str(resolve_dtype(section.dtype)).removeprefix("torch.")

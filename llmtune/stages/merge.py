@@ -18,19 +18,14 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
+from llmtune.adapters import UNMERGEABLE_ADAPTERS, is_adapter_folder, load_adapter_model
 from llmtune.errors import LlmtuneError
-from llmtune.models import (
-    UNMERGEABLE_ADAPTERS,
-    is_adapter_folder,
-    load_adapter_model,
-    resolve_dtype,
-)
-from llmtune.outputs import write_json
+from llmtune.manifest import model_entry
+from llmtune.models import resolve_dtype
+from llmtune.run_folder import RunFolder
 
 log = logging.getLogger("llmtune")
 
@@ -64,21 +59,29 @@ def run(
 ) -> dict:
     import torch
 
-    out_dir = Path(out)
-    _check_out(out_dir, overwrite)
-    folder = _adapter_folder(adapter, hub)
-    adapter_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise LlmtuneError(f"--dtype {dtype!r}: expected float32, bfloat16 or float16.")
+    if not tolerance > 0:
+        raise LlmtuneError(f"--tolerance {tolerance}: must be a positive number.")
+    if hub not in ("auto", "hf", "modelscope"):
+        raise LlmtuneError(f"--hub {hub!r}: expected auto, hf or modelscope.")
+    folder = RunFolder.check(out, command="merge", key="--out", overwrite=overwrite, staged=True)
+    adapter_dir = _adapter_folder(adapter, hub)
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     peft_type = adapter_config.get("peft_type", "?")
     if peft_type in UNMERGEABLE_ADAPTERS:
         raise LlmtuneError(
-            f"{folder} holds a {UNMERGEABLE_ADAPTERS[peft_type]} adapter ({peft_type}): it adds virtual "
+            f"{adapter_dir} holds a {UNMERGEABLE_ADAPTERS[peft_type]} adapter ({peft_type}): it adds virtual "
             "tokens in front of the input instead of changing weights, so there is nothing to merge.",
             hint="Serve it with the adapter (llmtune eval --model RUN works on it), or retrain with "
             "peft.method lora/dora.",
         )
     if peft_type not in ("LORA", "IA3"):
-        raise LlmtuneError(f"{folder}: merging a {peft_type} adapter is not supported (LoRA, DoRA, IA3 are).")
-    method = _training_method(folder, adapter_config)
+        raise LlmtuneError(
+            f"{adapter_dir}: merging a {peft_type} adapter is not supported (LoRA, DoRA, IA3 are)."
+        )
+    method = _training_method(adapter_dir, adapter_config)
+    base_name = base or adapter_config.get("base_model_name_or_path")
     notes = []
     if method == "qlora":
         notes.append(
@@ -87,61 +90,65 @@ def run(
             "from the 4-bit model used in training."
         )
 
-    # ---- the adapter model, in float32, and what it says on the check prompts
-    started = time.time()
-    model, tokenizer, load_notes = load_adapter_model(folder, base=base, dtype="float32", hub=hub)
-    notes += load_notes
-    for note in notes:
-        log.info("note: %s", note)
-    texts, prompts, prompt_source = _check_prompts(folder, tokenizer)
-    inputs = [_ids(tokenizer, text) for text in texts]
-    generation_inputs = [_ids(tokenizer, text) for text in prompts]
-    log.info("Checking on %d prompts (%s)", len(prompts), prompt_source)
-    with torch.no_grad():
-        adapter_logits = [model(ids).logits[0] for ids in inputs]
-        with model.disable_adapter():
-            base_logits = [model(ids).logits[0] for ids in inputs]
-        adapter_answers = [_greedy(model, tokenizer, ids) for ids in generation_inputs]
-    effect = max(float((a - b).abs().max()) for a, b in zip(adapter_logits, base_logits, strict=True))
-    del base_logits
-    if effect == 0.0:
-        raise MergeCheckFailed(
-            f"the adapter in {folder} changes no logit of the base model (max |adapter - base| = 0): it is "
-            "untrained, or its weights did not load into this base; a merge would write the base unchanged.",
-            hint="Check --base and that adapter_model.safetensors is the trained one.",
-        )
+    about = {"adapter": str(adapter_dir), "base": base_name, "method": method, "dtype": dtype}
+    with folder.open(inputs=about) as run:
+        # ---- the adapter model, in float32, and what it says on the check prompts
+        started = time.time()
+        model, tokenizer, load_notes = load_adapter_model(adapter_dir, base=base, dtype="float32", hub=hub)
+        notes += load_notes
+        for note in notes:
+            log.info("note: %s", note)
+        texts, prompts, prompt_source = _check_prompts(adapter_dir, tokenizer)
+        inputs = [_ids(tokenizer, text) for text in texts]
+        generation_inputs = [_ids(tokenizer, text) for text in prompts]
+        log.info("Checking on %d prompts (%s)", len(prompts), prompt_source)
+        with torch.no_grad():
+            adapter_logits = [model(ids).logits[0] for ids in inputs]
+            with model.disable_adapter():
+                base_logits = [model(ids).logits[0] for ids in inputs]
+            adapter_answers = [_greedy(model, tokenizer, ids) for ids in generation_inputs]
+        effect = max(float((a - b).abs().max()) for a, b in zip(adapter_logits, base_logits, strict=True))
+        del base_logits
+        if effect == 0.0:
+            raise MergeCheckFailed(
+                f"the adapter in {adapter_dir} changes no logit of the base model (max |adapter - base| = 0): "
+                "it is untrained, or its weights did not load into this base; a merge would write the base "
+                "unchanged.",
+                hint="Check --base and that adapter_model.safetensors is the trained one.",
+            )
 
-    # ---- merge in float32 and compare in memory
-    merged = _merge_in_float64(model)
-    with torch.no_grad():
-        merged_diff = max(
-            float((merged(ids).logits[0] - ref).abs().max())
-            for ids, ref in zip(inputs, adapter_logits, strict=True)
-        )
-    log.info("merge check (float32, in memory): max |merged - adapter| logit = %.3g", merged_diff)
-    if not merged_diff <= tolerance:
-        raise MergeCheckFailed(
-            f"the merged model's logits differ from the adapter model's by up to {merged_diff:.3g} "
-            f"(tolerance {tolerance:g}); nothing was written. For scale: the adapter moves the base's logits "
-            f"by up to {effect:.3g}.",
-            hint="A difference far below that on a large model is float32 rounding (pass --tolerance "
-            f"{10 ** math.ceil(math.log10(merged_diff)):g}); one near it means the merge lost part of the adapter.",
-        )
+        # ---- merge in float32 and compare in memory
+        merged = _merge_in_float64(model)
+        with torch.no_grad():
+            merged_diff = max(
+                float((merged(ids).logits[0] - ref).abs().max())
+                for ids, ref in zip(inputs, adapter_logits, strict=True)
+            )
+        log.info("merge check (float32, in memory): max |merged - adapter| logit = %.3g", merged_diff)
+        if not merged_diff <= tolerance:
+            raise MergeCheckFailed(
+                f"the merged model's logits differ from the adapter model's by up to {merged_diff:.3g} "
+                f"(tolerance {tolerance:g}); nothing was written. For scale: the adapter moves the base's "
+                f"logits by up to {effect:.3g}.",
+                hint="A difference far below that on a large model is float32 rounding (pass --tolerance "
+                f"{10 ** math.ceil(math.log10(merged_diff)):g}); one near it means the merge lost part of the "
+                "adapter.",
+            )
 
-    # ---- save into a staging folder
-    target_dtype = resolve_dtype(dtype)
-    merged = merged.to(target_dtype)
-    _set_generation_config(merged, tokenizer, folder)
-    digests = {name: _digest(tensor) for name, tensor in merged.state_dict().items()}
-    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
-        merged.save_pretrained(staging, max_shard_size=max_shard_size)
-        tokenizer.save_pretrained(staging)
+        # ---- save into the staging folder, load it back as a user would, compare
+        merged = merged.to(resolve_dtype(dtype))
+        _set_generation_config(merged, tokenizer, adapter_dir)
+        digests = {name: _digest(tensor) for name, tensor in merged.state_dict().items()}
+        run.set_model(
+            model_entry(
+                merged, name=f"{base_name} + {adapter_dir.name}", source="merge", path=str(out), peft="none"
+            )
+        )
+        merged.save_pretrained(run.dir, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(run.dir)
         del merged, model
         report = _check_saved(
-            staging,
+            run.dir,
             digests,
             inputs,
             adapter_logits,
@@ -152,10 +159,10 @@ def run(
             tolerance,
         )
         report.update(
-            adapter=str(folder),
+            adapter=str(adapter_dir),
             peft_type=peft_type,
             method=method,
-            base=base or adapter_config.get("base_model_name_or_path"),
+            base=base_name,
             dtype=dtype,
             adapter_effect_max_abs_logit=effect,
             merged_vs_adapter_max_abs_logit_fp32=merged_diff,
@@ -164,35 +171,19 @@ def run(
             notes=notes,
             seconds=round(time.time() - started, 1),
         )
-        write_json(staging / REPORT, report)
-        _publish(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log.info(
-        "merged %s into %s: logits within %.3g of the adapter, %d/%d greedy answers identical; wrote %s",
-        folder,
-        report["base"],
-        report["saved_vs_adapter_max_abs_logit"],
-        report["greedy_identical"],
-        len(prompts),
-        out_dir,
-    )
-    return report
+        run.write_json(REPORT, report)
+        log.info(
+            "merged %s into %s: logits within %.3g of the adapter, %d/%d greedy answers identical",
+            adapter_dir,
+            report["base"],
+            report["saved_vs_adapter_max_abs_logit"],
+            report["greedy_identical"],
+            len(prompts),
+        )
+        return run.finish(report, summary=False)
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def _check_out(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LlmtuneError(f"--out {out_dir} is a file; give a folder.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise LlmtuneError(
-            f"--out {out_dir} is not empty; llmtune does not overwrite a folder silently.",
-            hint="Pass --overwrite to replace it (it is replaced only after the merged model passed its check), "
-            "or give a new folder.",
-        )
-
-
 def _adapter_folder(adapter: str, hub: str) -> Path:
     path = Path(adapter).expanduser()
     if path.is_dir():
@@ -233,7 +224,7 @@ def _check_prompts(folder: Path, tokenizer) -> tuple[list[str], list[str], str]:
     fixed prompts."""
     full, prompts = [], []
     try:
-        from llmtune.data.sft import load_examples
+        from llmtune.data.chat_dataset import load_examples
         from llmtune.recipe import ChatDataSection, load_yaml_file
 
         raw = load_yaml_file(folder / "recipe.yaml").get("data", {})
@@ -310,8 +301,8 @@ def _merge_in_float64(model):
 def _set_generation_config(model, tokenizer, folder: Path) -> None:
     """Stop at the training template's end-of-turn token, as the run did."""
     from llmtune.data.templates import end_of_turn_token
+    from llmtune.generation import set_stop_tokens
     from llmtune.recipe import load_yaml_file
-    from llmtune.training import set_stop_tokens
 
     try:
         template = load_yaml_file(folder / "recipe.yaml").get("data", {}).get("template")
@@ -393,14 +384,3 @@ def _check_saved(
         "tensors_checked": len(digests),
         "files": sorted(p.name for p in Path(staging).iterdir()),
     }
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Rename the checked staging folder to --out; an old --out is removed only after the rename."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-    staging.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

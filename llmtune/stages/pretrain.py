@@ -3,7 +3,8 @@
     llmtune pretrain --recipe recipes/pretrain/smollm2-135m-continued-lora.yaml
     llmtune pretrain --recipe recipes/pretrain/gpt2-124m-the-verdict.yaml --set train.num_train_epochs=1
 
-Read top to bottom: run folder → tokenizer → data → model (+ adapter) → Trainer → outputs.
+Read top to bottom: run folder checked → tokenizer → data → (run folder opened) model (+ adapter) →
+Trainer → results.
 """
 
 from __future__ import annotations
@@ -15,35 +16,13 @@ from pathlib import Path
 from llmtune.adapters import apply_peft, describe_trainable, quantization_config
 from llmtune.data.text import build_text_datasets, collate_blocks
 from llmtune.errors import LlmtuneError
-from llmtune.hub import llmtune_home
-from llmtune.models import (
-    count_parameters,
-    load_causal_lm,
-    load_tokenizer,
-    max_positions,
-    resolve_dtype,
-    resolve_model_source,
-)
-from llmtune.outputs import (
-    MANIFEST,
-    check_run_dir,
-    file_log,
-    metrics_from_log_history,
-    new_manifest,
-    open_run_dir,
-    record_failure,
-    start_run_log,
-    stop_run_log,
-    write_json,
-    write_text,
-)
+from llmtune.home import llmtune_home
+from llmtune.manifest import model_entry
+from llmtune.models import load_causal_lm, load_tokenizer, max_positions, resolve_dtype, resolve_model_source
+from llmtune.outputs import metrics_from_log_history
 from llmtune.recipe import PretrainRecipe
-from llmtune.training import (
-    finish_run,
-    run_training,
-    standard_callbacks,
-    training_arguments,
-)
+from llmtune.run_folder import RunFolder
+from llmtune.training import run_training, save_trained, standard_callbacks, training_arguments
 
 log = logging.getLogger("llmtune")
 
@@ -53,9 +32,8 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
     import torch
     from transformers import Trainer, set_seed
 
+    folder = RunFolder.for_training(recipe, "pretrain", overwrite=overwrite, resume=resume)
     train_kwargs = recipe.train.trainer_kwargs()
-    resume = resume or train_kwargs.get("resume_from_checkpoint") not in (None, False)
-    run_dir = check_run_dir(recipe.train.output_dir, overwrite=overwrite, resume=resume)
 
     # ---- inputs: tokenizer and data (before the run folder is touched, so bad input changes nothing)
     resolved = resolve_model_source(recipe.model)
@@ -66,22 +44,12 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
     for line in report.lines():
         log.info(line)
 
-    open_run_dir(run_dir, overwrite=overwrite, resume=resume)
-    handler = start_run_log(run_dir)
-    manifest = new_manifest("pretrain", recipe.source)
-    try:
-        write_text(run_dir / "recipe.yaml", recipe.to_yaml())
-        write_json(run_dir / "data_report.json", report.to_dict())
-        for line in [*(f"note: {n}" for n in recipe.notes), *report.lines()]:
-            file_log.info(line)
-        manifest["data"] = {"files": report.files, "cache_key": report.cache_key, "tokens": report.tokens}
-        write_json(run_dir / MANIFEST, manifest)
-
+    data = {"files": report.files, "cache_key": report.cache_key, "tokens": report.tokens}
+    with folder.open(recipe, data_report=report.to_dict(), data=data, log_lines=report.lines()) as run:
         # ---- model (+ adapter)
         set_seed(train_kwargs.get("seed", 42))  # from-config weights and LoRA init depend on it
         quantization = quantization_config(recipe.peft, resolve_dtype(recipe.model.dtype))
         model = load_causal_lm(recipe.model, resolved, tokenizer, quantization=quantization)
-        loaded_in_4bit = bool(getattr(model, "is_loaded_in_4bit", False))
         positions = max_positions(model)
         if positions is not None and recipe.data.block_size > positions:
             raise LlmtuneError(
@@ -92,21 +60,19 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
         if gradient_checkpointing:
             model.config.use_cache = False
         model = apply_peft(model, recipe.peft, gradient_checkpointing=gradient_checkpointing)
-        trainable, total = count_parameters(model)
         name = resolved.name if resolved else f"{recipe.model.from_config['architecture']} from config"
         log.info(
             "model: %s (%s), %s", name, str(model.dtype).removeprefix("torch."), describe_trainable(model)
         )
-        manifest["model"] = {
-            "name": name,
-            "source": resolved.source if resolved else "from_config",
-            "loaded_in_4bit": loaded_in_4bit,
-            "path": str(resolved.path) if resolved else None,
-            "parameters": total,
-            "trainable_parameters": trainable,
-            "dtype": str(model.dtype).removeprefix("torch."),
-            "peft": recipe.peft.method,
-        }
+        run.set_model(
+            model_entry(
+                model,
+                name=name,
+                source=resolved.source if resolved else "from_config",
+                path=str(resolved.path) if resolved else None,
+                peft=recipe.peft.method,
+            )
+        )
 
         # ---- trainer
         has_eval = "validation" in datasets
@@ -120,13 +86,13 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
             stage_defaults["metric_for_best_model"] = "eval_validation_loss"
         args, use_tensorboard = training_arguments(
             recipe,
-            run_dir,
+            run.dir,
             has_eval=has_eval,
             bf16_model=resolve_dtype(recipe.model.dtype) == torch.bfloat16,
             stage_defaults=stage_defaults,
         )
         recorder, callbacks = standard_callbacks(
-            run_dir, use_tensorboard=use_tensorboard, early_stopping=recipe.early_stopping
+            run.dir, use_tensorboard=use_tensorboard, early_stopping=recipe.early_stopping
         )
         trainer = Trainer(
             model=model,
@@ -137,9 +103,9 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
             processing_class=tokenizer,
             callbacks=callbacks,
         )
-        train_output = run_training(trainer, recipe, run_dir, resume, manifest, "pretrain")
+        train_output = run_training(trainer, recipe, run)
 
-        # ---- outputs
+        # ---- results
         results = {
             "train_loss": train_output.training_loss,
             "global_step": trainer.state.global_step,
@@ -161,15 +127,5 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
             if evals:
                 results["eval_loss_first"] = evals[0]["eval_loss"]
                 results["eval_perplexity_first"] = math.exp(evals[0]["eval_loss"])
-        finish_run(trainer, run_dir, manifest, title=f"pretrain: {Path(recipe.source).name}", results=results)
-        log.info(
-            "done: %s",
-            ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()),
-        )
-        log.info("run folder: %s", run_dir)
-        return results
-    except BaseException as exc:
-        record_failure(run_dir, manifest, exc)
-        raise
-    finally:
-        stop_run_log(handler)
+        save_trained(trainer, run, title=f"pretrain: {Path(recipe.source).name}")
+        return run.finish(results)

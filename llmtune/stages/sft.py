@@ -3,9 +3,10 @@
     llmtune sft --recipe recipes/quickstart.yaml
     llmtune sft --recipe recipes/sft/smollm2-135m-lora-medical.yaml --set data.packing=true
 
-Read top to bottom: run folder → tokenizer + template → data (validated, masked) → model (+ adapter) →
-SFTTrainer → outputs. llmtune tokenises and masks the data itself (see data/sft.py) and hands TRL a
-dataset of input_ids + labels; TRL does packing, padding-free batching, NEFTune and the loop.
+Read top to bottom: run folder checked → tokenizer + template → data (validated, masked) → (run folder
+opened) model (+ adapter) → SFTTrainer → results. llmtune tokenises and masks the data itself (see
+data/chat_dataset.py) and hands TRL a dataset of input_ids + labels; TRL does packing, padding-free
+batching, NEFTune and the loop.
 """
 
 from __future__ import annotations
@@ -15,36 +16,19 @@ import math
 from pathlib import Path
 
 from llmtune.adapters import apply_peft, describe_trainable, quantization_config
-from llmtune.data.sft import load_examples, tokenize_examples
-from llmtune.data.templates import apply_template, end_of_turn_token
-from llmtune.models import (
-    count_parameters,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_dtype,
-    resolve_model_source,
-)
-from llmtune.outputs import (
-    MANIFEST,
-    check_run_dir,
-    file_log,
-    metrics_from_log_history,
-    new_manifest,
-    open_run_dir,
-    record_failure,
-    start_run_log,
-    stop_run_log,
-    write_json,
-    write_text,
-)
+from llmtune.data.chat_dataset import load_chat_data, tokenize_examples
+from llmtune.data.templates import end_of_turn_token
+from llmtune.generation import generate_samples, set_stop_tokens
+from llmtune.manifest import model_entry
+from llmtune.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_source
+from llmtune.outputs import metrics_from_log_history
 from llmtune.recipe import SftRecipe
+from llmtune.run_folder import RunFolder
 from llmtune.training import (
     TokenCounter,
-    finish_run,
-    generate_samples,
     quiet_datasets,
     run_training,
-    set_stop_tokens,
+    save_trained,
     standard_callbacks,
     training_arguments,
 )
@@ -52,42 +36,24 @@ from llmtune.training import (
 log = logging.getLogger("llmtune")
 
 
-def prepare_data(recipe: SftRecipe):
-    """(tokenizer, resolved model source, datasets, report): everything `data check` also needs."""
-    resolved = resolve_model_source(recipe.model)
-    tokenizer = load_tokenizer(recipe.model, resolved)
-    template, added = apply_template(tokenizer, recipe.data.template)
-    examples, report = load_examples(recipe.data, preference=False, describe=recipe.describe_path)
-    report.template = template + (f" (added tokens {', '.join(added)})" if added else "")
-    datasets = tokenize_examples(tokenizer, examples, recipe.data, report)
-    return tokenizer, resolved, datasets, report
-
-
 def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> dict:
     """Train as the recipe says and write the run folder; returns the results summary."""
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
+    folder = RunFolder.for_training(recipe, "sft", overwrite=overwrite, resume=resume)
     train_kwargs = recipe.train.trainer_kwargs()
-    resume = resume or train_kwargs.get("resume_from_checkpoint") not in (None, False)
-    run_dir = check_run_dir(recipe.train.output_dir, overwrite=overwrite, resume=resume)
 
     # ---- inputs (before the run folder is touched, so bad input changes nothing)
-    tokenizer, resolved, datasets, report = prepare_data(recipe)
+    resolved = resolve_model_source(recipe.model)
+    tokenizer = load_tokenizer(recipe.model, resolved)
+    examples, report = load_chat_data(tokenizer, recipe.data, preference=False, describe=recipe.describe_path)
+    datasets = tokenize_examples(tokenizer, examples, recipe.data, report)
     for line in report.lines():
         log.info(line)
 
-    open_run_dir(run_dir, overwrite=overwrite, resume=resume)
-    handler = start_run_log(run_dir)
-    manifest = new_manifest("sft", recipe.source)
-    try:
-        write_text(run_dir / "recipe.yaml", recipe.to_yaml())
-        write_json(run_dir / "data_report.json", report.to_dict())
-        for line in [*(f"note: {n}" for n in recipe.notes), *report.lines()]:
-            file_log.info(line)
-        manifest["data"] = {"files": report.files, "formats": report.formats, "examples": report.examples}
-        write_json(run_dir / MANIFEST, manifest)
-
+    data = {"files": report.files, "formats": report.formats, "examples": report.examples}
+    with folder.open(recipe, data_report=report.to_dict(), data=data, log_lines=report.lines()) as run:
         # ---- model (+ adapter)
         set_seed(train_kwargs.get("seed", 42))
         dtype = resolve_dtype(recipe.model.dtype)
@@ -109,19 +75,18 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
             gradient_checkpointing=gradient_checkpointing,
             tokenizer_path=str(resolved.path),
         )
-        trainable, total = count_parameters(model)
         log.info(
             "model: %s (%s), %s", resolved.name, str(dtype).removeprefix("torch."), describe_trainable(model)
         )
-        manifest["model"] = {
-            "name": resolved.name,
-            "source": resolved.source,
-            "path": str(resolved.path),
-            "parameters": total,
-            "trainable_parameters": trainable,
-            "dtype": str(dtype).removeprefix("torch."),
-            "peft": recipe.peft.method,
-        }
+        run.set_model(
+            model_entry(
+                model,
+                name=resolved.name,
+                source=resolved.source,
+                path=str(resolved.path),
+                peft=recipe.peft.method,
+            )
+        )
 
         # ---- trainer
         attention = getattr(model.config, "_attn_implementation", None) or ""
@@ -140,7 +105,7 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
         has_eval = "validation" in datasets
         args, use_tensorboard = training_arguments(
             recipe,
-            run_dir,
+            run.dir,
             has_eval=has_eval,
             bf16_model=str(dtype) == "torch.bfloat16",
             arguments_class=SFTConfig,
@@ -153,7 +118,7 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
             },
         )
         _, callbacks = standard_callbacks(
-            run_dir, use_tensorboard=use_tensorboard, early_stopping=recipe.early_stopping
+            run.dir, use_tensorboard=use_tensorboard, early_stopping=recipe.early_stopping
         )
         with quiet_datasets():
             trainer = SFTTrainer(
@@ -171,9 +136,9 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
             for param in trainer.model.parameters():
                 if param.requires_grad:
                     param.data = param.data.float()
-        train_output = run_training(trainer, recipe, run_dir, resume, manifest, "sft")
+        train_output = run_training(trainer, recipe, run)
 
-        # ---- outputs
+        # ---- results
         results = {
             "train_loss": train_output.training_loss,
             "global_step": trainer.state.global_step,
@@ -193,23 +158,13 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
                 results["eval_loss_first"] = evals[0]["eval_loss"]
         if recipe.samples:
             samples["after"] = generate_samples(trainer.model, tokenizer, recipe.samples)
-            write_json(run_dir / "samples.json", _sample_table(recipe.samples.prompts, samples))
+            run.write_json("samples.json", _sample_table(recipe.samples.prompts, samples))
             for prompt, before, after in zip(
                 recipe.samples.prompts, samples["before"], samples["after"], strict=True
             ):
                 log.info("prompt: %s\n  before: %s\n  after:  %s", prompt, before, after)
-        finish_run(trainer, run_dir, manifest, title=f"sft: {Path(recipe.source).name}", results=results)
-        log.info(
-            "done: %s",
-            ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()),
-        )
-        log.info("run folder: %s", run_dir)
-        return results
-    except BaseException as exc:
-        record_failure(run_dir, manifest, exc)
-        raise
-    finally:
-        stop_run_log(handler)
+        save_trained(trainer, run, title=f"sft: {Path(recipe.source).name}")
+        return run.finish(results)
 
 
 def _sample_table(prompts: list[str], samples: dict) -> list[dict]:

@@ -24,11 +24,11 @@ def test_converted_demo_matches_the_gguf_it_came_from(smollm2):
     """model.gguf_file loads the GGUF directly; the converted folder must give the same logits."""
     from transformers import AutoModelForCausalLM
 
-    from llmtune.hub import DEMO_MODELS, _wheel_path
+    from llmtune.hub import DEMO_MODELS, wheel_path
     from llmtune.models import load_causal_lm, load_tokenizer
     from llmtune.recipe import ModelSection
 
-    gguf = _wheel_path(DEMO_MODELS["smollm2-135m-instruct"], "smollm2-135m-instruct")
+    gguf = wheel_path(DEMO_MODELS["smollm2-135m-instruct"], "smollm2-135m-instruct")
     section = ModelSection(name_or_path=str(gguf.parent), gguf_file=gguf.name)
     resolved = resolve_model(str(gguf.parent), gguf_file=gguf.name)
     tokenizer = load_tokenizer(section, resolved)

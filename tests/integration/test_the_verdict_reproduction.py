@@ -9,9 +9,12 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("LLMTUNE_SLOW") != "1", reason="slow benchmark; set LLMTUNE_SLOW=1"
-)
+pytestmark = [
+    pytest.mark.benchmark,
+    pytest.mark.skipif(
+        os.environ.get("LLMTUNE_SLOW") != "1", reason="benchmark-size run; set LLMTUNE_SLOW=1"
+    ),
+]
 
 
 def test_gpt2_124m_on_the_verdict_lands_within_the_books_tolerance(tmp_path, cli):

@@ -110,14 +110,44 @@ def test_relaunch_passes_recipe_values_as_arguments_not_shell_text():
     assert not Path("/tmp/llmtune-pwned").exists()
 
 
-@pytest.mark.parametrize("stage", ["pretrain"])
-def test_weights_are_written_as_safetensors(stage, tmp_path, write_recipe, cli):
-    recipe = tiny_pretrain_recipe(tmp_path)
-    recipe["train"].update(max_steps=2, save_strategy="steps", save_steps=2, eval_on_start=False)
-    assert cli(stage, "--recipe", str(write_recipe(recipe))).exit_code == 0
+def _recipe_saving_every_step(stage, tmp_path, tiny_pretrained, tiny_english_bert):
+    """A 2-step recipe of `stage` that writes a checkpoint at step 2 (full weights, or an adapter)."""
+    from tests.unit.test_lora_ner import first_sentences, ner_recipe
+    from tests.unit.test_sft import sft_recipe
+
+    if stage == "pretrain":
+        recipe = tiny_pretrain_recipe(tmp_path)
+        recipe["train"]["eval_on_start"] = False
+    elif stage == "sft":
+        recipe = sft_recipe(tmp_path, tiny_pretrained, peft={"method": "lora", "r": 4})
+    else:
+        few = first_sentences(tmp_path, 4)
+        recipe = ner_recipe(tmp_path, tiny_english_bert, few, few, peft={"method": "lora", "r": 4})
+        recipe["train"].pop("num_train_epochs")
+    recipe["train"].update(max_steps=2, save_strategy="steps", save_steps=2)
+    return recipe
+
+
+@pytest.mark.parametrize(
+    ("stage", "weights"),
+    [
+        ("pretrain", "model"),
+        pytest.param("sft", "adapter_model", marks=pytest.mark.slow),
+        pytest.param("lora-ner", "adapter_model", marks=pytest.mark.slow),
+    ],
+)
+def test_weights_are_written_as_safetensors(
+    stage, weights, tmp_path, write_recipe, cli, tiny_pretrained, tiny_english_bert
+):
+    recipe = _recipe_saving_every_step(stage, tmp_path, tiny_pretrained, tiny_english_bert)
+    result = cli(stage, "--recipe", str(write_recipe(recipe)))
+    assert result.exit_code == 0, result.stderr
     run = tmp_path / "run"
-    assert (run / "model.safetensors").is_file() and (run / "checkpoint-2" / "model.safetensors").is_file()
-    assert not list(run.rglob("pytorch_model.bin"))
+    assert (run / f"{weights}.safetensors").is_file()
+    assert (run / "checkpoint-2" / f"{weights}.safetensors").is_file()
+    # no pickled weights anywhere (HF's optimizer/scheduler/RNG states stay .pt, loaded with weights_only)
+    pickled = [p for p in run.rglob("*") if p.name.startswith(("pytorch_model", "adapter_model", "model"))]
+    assert all(p.suffix in (".safetensors", ".json") for p in pickled), pickled
 
 
 def test_empty_zero3_placeholders_are_not_called_a_model(tmp_path):

@@ -4,8 +4,14 @@ import json
 
 import pytest
 
-from llmtune.data.chat import Conversation, parse_row
-from llmtune.data.sft import IGNORE_INDEX, load_examples, padding_shares, render_with_mask, tokenize_examples
+from llmtune.data.chat_dataset import (
+    IGNORE_INDEX,
+    load_examples,
+    padding_shares,
+    render_with_mask,
+    tokenize_examples,
+)
+from llmtune.data.chat_formats import Conversation, parse_row
 from llmtune.data.templates import apply_template
 from llmtune.errors import LlmtuneError
 from llmtune.recipe import ChatDataSection

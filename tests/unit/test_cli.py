@@ -47,6 +47,7 @@ def test_help_lists_the_commands_with_examples(cli):
     )
 
 
+@pytest.mark.slow  # a subprocess
 def test_help_does_not_import_torch_or_transformers():
     code = (
         "import sys\nfrom llmtune.cli import app\n"
@@ -60,6 +61,31 @@ def test_help_does_not_import_torch_or_transformers():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow  # a subprocess
+def test_print_config_and_plan_with_a_warm_argument_table_import_no_trl_or_peft(tmp_path, write_recipe):
+    """The train: key check reads HF's argument tables from $LLMTUNE_HOME once they are there, so that
+    --print-config needs neither torch nor trl, and plan (which builds the model on the meta device)
+    imports torch and transformers but not trl, and peft only for an adapter."""
+    path = write_recipe(tiny_pretrain_recipe(tmp_path))
+    code = (
+        "import sys\nfrom llmtune.cli import app\n"
+        "try:\n    app(sys.argv[1:])\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules))"
+    )
+
+    def imported(*args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, cwd=REPO
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip().splitlines()[-1]
+
+    imported("pretrain", "--recipe", str(path), "--print-config")  # the first run writes the table
+    assert imported("pretrain", "--recipe", str(path), "--print-config") == "[]"
+    assert imported("plan", "--recipe", str(path), "--target", "cpu") == "['torch', 'transformers']"
+
+
+@pytest.mark.slow  # a subprocess
 def test_help_is_fast():
     run_llmtune("--help")  # warm the file cache
     start = time.perf_counter()
@@ -85,6 +111,7 @@ def test_print_config_shows_the_resolved_recipe(tmp_path, write_recipe, cli):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # a subprocess
 def test_user_errors_exit_2_without_traceback(tmp_path, write_recipe):
     path = write_recipe(tiny_pretrain_recipe(tmp_path, peft={"method": "none", "rnak": 4}))
     result = run_llmtune("pretrain", "--recipe", str(path))
@@ -93,6 +120,7 @@ def test_user_errors_exit_2_without_traceback(tmp_path, write_recipe):
     assert "llmtune: error: invalid recipe: peft.rnak: unknown key, did you mean 'r'?" in result.stderr
 
 
+@pytest.mark.slow  # a subprocess
 def test_debug_shows_the_traceback(tmp_path, write_recipe):
     path = write_recipe(tiny_pretrain_recipe(tmp_path, peft={"method": "none", "rnak": 4}))
     result = run_llmtune("pretrain", "--recipe", str(path), "--debug")

@@ -39,6 +39,7 @@ def dpo_recipe(tmp_path, model_dir, **dpo) -> dict:
     return recipe
 
 
+@pytest.mark.slow  # 12 steps; the fast tier trains dpo in test_golden_trajectories
 def test_dpo_raises_reward_accuracy_on_its_rows(tmp_path, tiny_pretrained, write_recipe, cli):
     result = cli("dpo", "--recipe", str(write_recipe(dpo_recipe(tmp_path, tiny_pretrained))))
     assert result.exit_code == 0, result.stderr
@@ -49,6 +50,7 @@ def test_dpo_raises_reward_accuracy_on_its_rows(tmp_path, tiny_pretrained, write
     assert "reference: the model with its adapter disabled" in result.stderr
 
 
+@pytest.mark.slow  # TRL's ORPO/CPO trainers take ~13 s each here; the fast tier trains dpo (golden test)
 @pytest.mark.parametrize("algorithm", ["orpo", "simpo", "kto"])
 def test_other_preference_algorithms_run(algorithm, tmp_path, tiny_pretrained):
     from llmtune.recipe import DpoRecipe
@@ -72,6 +74,7 @@ def test_full_dpo_uses_a_frozen_reference_and_ipo_loss(tmp_path, tiny_pretrained
     assert results["eval_rewards_accuracies"] > results["eval_rewards_accuracies_first"]
 
 
+@pytest.mark.slow  # an sft run, then a dpo run
 def test_dpo_on_top_of_an_sft_adapter(tmp_path, tiny_pretrained, write_recipe, cli):
     sft_path = write_recipe(
         sft_recipe(tmp_path / "sft", tiny_pretrained, peft={"method": "lora", "r": 4}), "sft.yaml"

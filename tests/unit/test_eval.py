@@ -202,6 +202,7 @@ def test_eval_command_writes_results_and_generations(tmp_path, tiny_pretrained, 
     )
 
 
+@pytest.mark.slow  # trains an adapter, then evaluates two models
 def test_compare_puts_base_and_adapter_side_by_side(tmp_path, tiny_pretrained, cli):
     from tests.unit.test_merge import _train
 

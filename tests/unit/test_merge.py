@@ -132,6 +132,7 @@ def test_prompt_tuning_adapter_cannot_be_merged(tiny_pretrained, tmp_path, cli):
     assert "prompt tuning adapter (PROMPT_TUNING)" in result.stderr and "nothing to merge" in result.stderr
 
 
+@pytest.mark.slow  # a QLoRA run, then a merge
 def test_qlora_adapter_merges_into_the_dequantised_base(tmp_path, tiny_pretrained, cli):
     run = _train(tmp_path, tiny_pretrained, {"method": "qlora", "r": 4})
     out = tmp_path / "merged"

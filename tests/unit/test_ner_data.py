@@ -11,17 +11,16 @@ import pytest
 from llmtune.data.ner import (
     IGNORE_INDEX,
     Sentence,
-    align_labels,
     check_labels,
     entities,
     label_list,
     read_conll,
     read_span_json,
-    split_long,
     to_scheme,
 )
 from llmtune.data.sources import BadRows
 from llmtune.errors import LlmtuneError
+from llmtune.ner.encoding import align_labels, split_long
 from tests.conftest import SHARED_DATA
 
 CONLL_TRAIN = SHARED_DATA / "conll2003" / "train.txt"

@@ -83,13 +83,23 @@ def test_zero_paper_figure_1():
 
 
 def test_activation_formula_terms():
+    """Korthikanti et al. 2022 §4.1: a transformer layer saves s·b·h·(34 + 5·a·s/h) bytes of 16-bit
+    activations. For a Llama-7B-sized layer stack, s=2048, b=1, h=4096, a=32, 32 layers, worked by hand:
+      s·b·h    = 2048 · 4096            = 8,388,608
+      34·s·b·h = 34 · 8,388,608          = 285,212,672 bytes a layer without the attention scores
+      5·a·s/h  = 5 · 32 · 2048 / 4096    = 80 (as for GPT-3: a=96, h=12288 at s=2048)
+      eager    = 32 · (34 + 80) · 8,388,608 = 32 · 956,301,312 = 30,601,641,984
+      fused    = 32 · 285,212,672        = 9,126,805,504 (SDPA/flash never store the scores)
+      fp32     = 2 · 9,126,805,504       = 18,253,611,008
+      checkpointed: 32 layer inputs of 2·s·b·h = 32 · 16,777,216 = 536,870,912, plus one layer being
+      recomputed: 536,870,912 + 285,212,672 = 822,083,584 (fused) or + 956,301,312 = 1,493,172,224 (eager)
+    """
     shape = {"seq_len": 2048, "micro_batch": 1, "hidden": 4096, "heads": 32, "layers": 32}
-    sbh = 2048 * 4096
-    eager = activation_bytes(**shape, fused_attention=False)
-    assert eager == 32 * sbh * (34 + 5 * 32 * 2048 / 4096)
-    assert activation_bytes(**shape) == 32 * sbh * 34  # SDPA/flash never store the scores
-    assert activation_bytes(**shape, bytes_per_value=4) == 2 * 32 * sbh * 34
-    assert activation_bytes(**shape, checkpointing=True) == 32 * 2 * sbh + sbh * 34
+    assert activation_bytes(**shape, fused_attention=False) == 30_601_641_984
+    assert activation_bytes(**shape) == 9_126_805_504
+    assert activation_bytes(**shape, bytes_per_value=4) == 18_253_611_008
+    assert activation_bytes(**shape, checkpointing=True) == 822_083_584
+    assert activation_bytes(**shape, checkpointing=True, fused_attention=False) == 1_493_172_224
 
 
 # ------------------------------------------------------------------------------------ model states
@@ -212,6 +222,7 @@ def test_hub_id_reads_only_config_files(sft_recipe, llama_7b_folder, monkeypatch
     assert not any("safetensors" in p or ".bin" in p or ".gguf" in p for p in patterns)
 
 
+@pytest.mark.slow  # reads the real demo GGUF
 def test_demo_model_config_is_read_from_its_gguf_before_conversion(sft_recipe, llmtune_home):
     import importlib.util
 
@@ -275,10 +286,19 @@ def test_tokens_and_steps_per_epoch(sft_recipe, llama_7b_folder):
 
 
 def test_plan_dict_is_json(sft_recipe, llama_7b_folder):
-    plan = estimate(sft_recipe(str(llama_7b_folder)), device_memory_bytes=parse_memory("16GiB"))
+    budget = parse_memory("16GiB")
+    plan = estimate(sft_recipe(str(llama_7b_folder)), device_memory_bytes=budget)
     data = json.loads(json.dumps(plan.to_dict()))
+    assert data == plan.to_dict()  # nothing lost or retyped on the way through JSON
     assert set(data) >= {"model", "training", "memory", "throughput", "fits", "suggestions"}
-    assert data["memory"]["total"] == sum(v for k, v in data["memory"].items() if k != "total")
+    assert data["device_memory_bytes"] == budget
+    # Full-parameter training of 7B parameters needs far more than 16 GiB: it does not fit, and says how.
+    assert data["fits"] is False and data["memory"]["total"] > budget
+    assert data["suggestions"]
+    for suggestion in data["suggestions"]:
+        assert set(suggestion) == {"change", "settings", "total_bytes", "fits"}
+        assert suggestion["total_bytes"] < data["memory"]["total"]
+        assert suggestion["fits"] is (suggestion["total_bytes"] <= budget)
 
 
 @pytest.mark.parametrize(

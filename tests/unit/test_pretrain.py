@@ -129,6 +129,7 @@ def test_overwrite_with_a_broken_recipe_keeps_the_old_run(tmp_path, write_recipe
     assert (tmp_path / "run" / "model.safetensors").exists()
 
 
+@pytest.mark.slow  # three runs; tests/reliability resumes real processes too
 def test_resume_continues_from_the_checkpoint_with_the_same_losses(tmp_path, write_recipe, cli):
     train = {
         "max_steps": 6,

@@ -224,3 +224,79 @@ def test_recipes_read_yaml_1_2_booleans(tmp_path, write_recipe):
     kwargs = recipe.train.trainer_kwargs()
     assert kwargs["save_strategy"] == "no"
     assert kwargs["logging_first_step"] is True and recipe.data.add_eos is False
+
+
+# ------------------------------------------------------------------------------------------ train table
+def test_the_train_argument_table_is_read_once_then_cached(monkeypatch):
+    """--print-config and plan check train: keys without importing trl: the table of SFTConfig's fields is
+    read from the class once, kept in $LLMTUNE_HOME, and from then on read from there, unchanged."""
+    from llmtune.recipe import train_keys
+
+    first = train_keys.argument_fields("trl.SFTConfig")
+    assert first == train_keys._read_fields("trl.SFTConfig")
+    assert first["learning_rate"] == "float" and first["max_length"] == {"union": ["int", "none"]}
+    assert {"enum": ["no", "steps", "epoch"]} in first["eval_strategy"]["union"]
+
+    def no_import(dotted):
+        raise AssertionError("read the class although its table is cached")
+
+    monkeypatch.setattr(train_keys, "_read_fields", no_import)
+    assert train_keys.argument_fields("trl.SFTConfig") == first
+
+
+def test_a_damaged_train_argument_table_is_read_again(llmtune_home):
+    from llmtune.recipe import train_keys
+
+    train_keys.argument_fields("transformers.TrainingArguments")
+    (cached,) = (llmtune_home / "cache" / "train-arguments").glob("transformers.TrainingArguments-*.json")
+    cached.write_text('{"half": ')
+    assert "learning_rate" in train_keys.argument_fields("transformers.TrainingArguments")
+    assert "learning_rate" in cached.read_text()  # rewritten whole
+
+
+# ------------------------------------------------------------------------------------------ peft keys
+@pytest.mark.parametrize(
+    ("peft", "expected"),
+    [
+        (
+            {"method": "ia3", "r": 8},
+            "peft.r is not used by peft.method 'ia3' (it applies to lora, dora, qlora)",
+        ),
+        ({"method": "lora", "feedforward_modules": ["mlp"]}, "peft.feedforward_modules is not used by"),
+        ({"method": "prefix_tuning", "encoder_hidden_size": 64}, "it applies to p_tuning"),
+        ({"method": "lora", "quant_type": "fp4"}, "peft.quant_type is not used by peft.method 'lora'"),
+        ({"method": "none", "lora_alpha": 32}, "--set 'peft={method: none}' replaces the whole section"),
+    ],
+)
+def test_a_peft_key_the_method_does_not_read_is_an_error(tmp_path, write_recipe, peft, expected):
+    data = tiny_pretrain_recipe(tmp_path)
+    data["model"] = {"name_or_path": str(tmp_path)}
+    data["peft"] = peft
+    assert expected in error_of(write_recipe(data))
+
+
+def test_one_value_is_read_as_a_list_of_one(tmp_path, write_recipe):
+    recipe = load(write_recipe(tiny_pretrain_recipe(tmp_path, data={"train_files": str(VERDICT)})))
+    assert recipe.data.train_files == [str(VERDICT)]
+    from llmtune.recipe import PeftSection
+
+    assert PeftSection(method="lora", target_modules="q_proj", modules_to_save="lm_head").modules_to_save == [
+        "lm_head"
+    ]
+    assert PeftSection(method="lora", target_modules="all-linear").target_modules == "all-linear"
+    assert PeftSection(method="lora", target_modules="q_proj").target_modules == ["q_proj"]
+
+
+# ------------------------------------------------------------------------------------------ kinds
+def test_commands_that_take_any_training_recipe_tell_its_kind(tmp_path, write_recipe, cli):
+    from llmtune.recipe import recipe_kind
+    from tests.conftest import REPO
+
+    assert recipe_kind(REPO / "recipes/quickstart.yaml") == "sft"
+    assert recipe_kind(REPO / "recipes/dpo/smollm2-135m-dpo-en.yaml") == "dpo"
+    assert recipe_kind(REPO / "recipes/pretrain/gpt2-124m-the-verdict.yaml") == "pretrain"
+    assert recipe_kind(REPO / "recipes/lora-ner/minilm-conll2003.yaml") == "lora-ner"
+    assert recipe_kind(REPO / "recipes/eval/smollm2-mmlu-cmmlu.yaml") == "eval"
+    result = cli("data", "check", "--recipe", str(write_recipe(tiny_pretrain_recipe(tmp_path))))
+    assert result.exit_code == 2
+    assert "is a pretrain recipe (by its sections); this command takes sft, dpo recipes" in result.stderr

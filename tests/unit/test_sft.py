@@ -62,6 +62,7 @@ def test_sft_trains_saves_template_and_reports(tmp_path, tiny_pretrained, write_
     assert "format messages (detected)" in result.stderr
 
 
+@pytest.mark.slow  # two full epochs
 def test_packing_trains_the_same_tokens_with_fewer_rows(tmp_path, tiny_pretrained):
     """Packed (bfd, padding-free) and unpacked runs see the same real tokens; packed needs fewer steps
     per epoch, and its first loss (same weights, different batching) is close to the unpacked one."""
@@ -103,7 +104,17 @@ PEFT_METHODS = {
 }
 
 
-@pytest.mark.parametrize("name", PEFT_METHODS)
+# One of each family in the fast tier (LoRA, QLoRA, prompt tuning, IA3, freeze); the variants of a family
+# (DoRA, rsLoRA; prefix tuning, P-tuning) in the full suite.
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.slow)
+        if name in ("dora", "rslora", "prefix_tuning", "p_tuning")
+        else name
+        for name in PEFT_METHODS
+    ],
+)
 def test_every_peft_method_trains_only_its_parameters(name, tmp_path, tiny_pretrained, gpt2_tokenizer):
     import copy
 
@@ -111,7 +122,7 @@ def test_every_peft_method_trains_only_its_parameters(name, tmp_path, tiny_pretr
     from trl import SFTConfig, SFTTrainer
 
     from llmtune.adapters import apply_peft, describe_trainable, quantization_config
-    from llmtune.data.sft import load_examples, tokenize_examples
+    from llmtune.data.chat_dataset import load_examples, tokenize_examples
     from llmtune.data.templates import apply_template
     from llmtune.models import load_causal_lm, resolve_model_source
     from llmtune.recipe import SftRecipe

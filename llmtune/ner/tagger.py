@@ -1,4 +1,5 @@
-"""The token tagger of `llmtune lora-ner`: a BERT-like encoder, a linear emission layer, and an optional CRF.
+"""The token tagger of `llmtune lora-ner`: a BERT-like encoder, a linear emission layer, and an optional CRF;
+how it is built from a recipe (with its adapter), saved beside the adapter, and loaded back.
 
 The CRF is pytorch-crf's (`torchcrf.CRF`); llmtune adds only what it lacks:
 - it runs over the first sub-token of each word (gathered into a dense word sequence), so word pieces
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from llmtune.errors import LlmtuneError
 
 TAGGER_CONFIG = "tagger.json"
 LABELS_FILE = "labels.json"
@@ -136,9 +139,71 @@ def _gather_words(emissions, word_starts):
     return gathered, mask, index
 
 
+# ------------------------------------------------------------------------------------------ build, save, load
+def tagger_peft(section, use_crf: bool):
+    """The recipe's peft section as the tagger applies it: LoRA on the attention's query and value unless
+    peft.target_modules says otherwise, and the head (and CRF) trained in full through modules_to_save,
+    beside any modules the recipe adds there. Every other key (bias, use_rslora, dropout ...) is the
+    recipe's, applied by the same code as every other command's adapter."""
+    head = ["classifier", "crf"] if use_crf else ["classifier"]
+    return section.model_copy(
+        update={
+            "target_modules": section.target_modules or ["query", "value"],
+            "modules_to_save": [*head, *(m for m in section.modules_to_save or [] if m not in head)],
+        }
+    )
+
+
+def build_tagger(
+    encoder_path,
+    labels: list[str],
+    *,
+    use_crf: bool,
+    scheme: str,
+    dropout: float,
+    peft,
+    trust_remote_code=False,
+):
+    """Encoder + head, with the recipe's adapter (peft.method none trains everything)."""
+    from transformers import AutoModel
+
+    from llmtune.adapters import apply_peft
+
+    try:
+        encoder = AutoModel.from_pretrained(encoder_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise LlmtuneError(f"cannot load {encoder_path} as an encoder: {str(exc).splitlines()[0]}") from None
+    tagger = Tagger(encoder, labels, use_crf=use_crf, scheme=scheme, dropout=dropout)
+    return apply_peft(tagger, tagger_peft(peft, use_crf), task_type=None)
+
+
 def save_tagger_config(
     folder: Path, *, base: str, labels: list[str], use_crf: bool, scheme: str, extra: dict
 ):
     (folder / LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False, indent=1))
     config = {"base_model": base, "use_crf": use_crf, "scheme": scheme, **extra}
     (folder / TAGGER_CONFIG).write_text(json.dumps(config, indent=1))
+
+
+def load_tagger(folder: Path):
+    """(tagger in eval mode, tokenizer, tagger config) from a lora-ner run folder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / TAGGER_CONFIG).is_file():
+        raise LlmtuneError(
+            f"--model {folder}: no {TAGGER_CONFIG}; give the folder of a finished lora-ner run."
+        )
+    config = json.loads((folder / TAGGER_CONFIG).read_text())
+    labels = json.loads((folder / LABELS_FILE).read_text())
+    encoder = AutoModel.from_pretrained(config["base_model"])
+    tagger = Tagger(encoder, labels, use_crf=config["use_crf"], scheme=config["scheme"])
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        tagger = PeftModel.from_pretrained(tagger, str(folder))
+    else:
+        from safetensors.torch import load_file
+
+        tagger.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    return tagger.eval(), AutoTokenizer.from_pretrained(str(folder)), config

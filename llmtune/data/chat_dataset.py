@@ -1,5 +1,6 @@
-"""Chat data for sft and dpo: read → validate → mix → split, then (sft) render with the chat template and
-tokenise with a loss mask on the assistant turns.
+"""Chat datasets for sft, dpo, data check and merge's check prompts: read → validate → mix → split, then
+(sft) render with the chat template and tokenise with a loss mask on the assistant turns. The row formats
+themselves are read by chat_formats.py.
 
 The loss mask is computed here rather than by TRL's `assistant_only_loss`, which needs `{% generation %}`
 markers in the template (SmolLM2's, Llama's and Qwen's have none). Any template works: for each
@@ -18,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llmtune.data.chat import PREFERENCE_FORMATS, SFT_FORMATS, Conversation, read_rows
+from llmtune.data.chat_formats import PREFERENCE_FORMATS, SFT_FORMATS, Conversation, read_rows
 from llmtune.data.sources import BadRows, expand_sources, file_sha256
 from llmtune.errors import LlmtuneError
 
@@ -96,6 +97,19 @@ class ChatDataReport:
 
 
 # ------------------------------------------------------------------------------------------ examples
+def load_chat_data(
+    tokenizer, data, *, preference: bool, describe=None
+) -> tuple[dict[str, list], ChatDataReport]:
+    """The chat template set on `tokenizer` (data.template, or the model's own), then `load_examples`;
+    the report names the template. What sft, dpo and data check all start from."""
+    from llmtune.data.templates import apply_template
+
+    template, added = apply_template(tokenizer, data.template)
+    examples, report = load_examples(data, preference=preference, describe=describe)
+    report.template = template + (f" (added tokens {', '.join(added)})" if added else "")
+    return examples, report
+
+
 def load_examples(data, *, preference: bool, describe=None) -> tuple[dict[str, list], ChatDataReport]:
     """{"train": [...], "validation": [...]} of Conversation (sft) or PreferencePair (dpo), and the report."""
     report = ChatDataReport()

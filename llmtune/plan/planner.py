@@ -1,0 +1,150 @@
+"""`estimate()`: check the launch options, read the model and the recipe, and tie the memory, throughput
+and suggestions into one Plan."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmtune.errors import LlmtuneError
+from llmtune.plan.memory import Setup, memory_per_device, recipe_command, run_facts
+from llmtune.plan.render import assumptions, render_plan
+from llmtune.plan.shape import adapted, model_config, model_shape
+from llmtune.plan.suggestions import Suggestion, suggest_changes
+from llmtune.plan.throughput import throughput_summary
+
+STRATEGIES = ("single", "ddp", "fsdp", "zero2", "zero3", "zero3-offload")
+TARGETS = ("gpu", "cpu")
+
+
+@dataclass
+class Plan:
+    """The estimate for one recipe; `render()` prints it, `to_dict()` is the JSON form."""
+
+    recipe: str
+    command: str
+    model: dict[str, Any]
+    training: dict[str, Any]
+    memory: dict[str, int]  # per device; the parts sum to memory["total"]
+    memory_notes: dict[str, str]  # what each part assumes, for render()
+    activations_without_checkpointing: int
+    activations_with_checkpointing: int
+    cpu_offload_bytes: int  # host RAM for zero3-offload (per node), else 0
+    device_memory_bytes: int | None
+    fits: bool | None
+    throughput: dict[str, Any]
+    suggestions: list[Suggestion] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def render(self) -> str:
+        return render_plan(self)
+
+
+def estimate(
+    recipe,
+    *,
+    device_memory_bytes: int | None = None,
+    nproc: int = 1,
+    strategy: str = "single",
+    gradient_checkpointing: bool | None = None,
+    target: str = "gpu",
+) -> Plan:
+    """Plan `recipe` (a loaded PretrainRecipe, SftRecipe or DpoRecipe) without loading weights.
+
+    device_memory_bytes: memory of one device to check the plan against; default the first CUDA GPU's
+        when `target` is gpu and one is present, else none (the plan is only reported).
+    nproc: processes (devices) sharing the run; strategy: single, ddp, fsdp, zero2, zero3, zero3-offload.
+    gradient_checkpointing: override the recipe (sft and dpo default to on, as TRL does; pretrain off).
+    target: gpu (dtype auto = bfloat16) or cpu (dtype auto = float32, single or ddp only).
+    """
+    if strategy not in STRATEGIES:
+        raise LlmtuneError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}.")
+    if target not in TARGETS:
+        raise LlmtuneError(f"target {target!r}: expected gpu or cpu.")
+    if nproc < 1:
+        raise LlmtuneError(f"nproc {nproc}: expected at least 1 process.")
+    if strategy == "single" and nproc != 1:
+        raise LlmtuneError(f"strategy single runs one process, but nproc is {nproc}; use ddp, fsdp or zero*.")
+    if target == "cpu" and strategy not in ("single", "ddp"):
+        raise LlmtuneError(f"strategy {strategy} shards over GPUs; a cpu plan supports single and ddp.")
+
+    command = recipe_command(recipe)
+    train = recipe.train.trainer_kwargs()
+    config, name, source = model_config(recipe.model)
+    shape = model_shape(config, recipe.model, name, source)
+    trainable, peft_params, dropout_features = adapted(config, recipe.model, recipe.peft)
+    run = run_facts(recipe, command, train, target)
+    checkpointing = gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = bool(train.get("gradient_checkpointing", command != "pretrain"))
+    setup = Setup(
+        strategy=strategy,
+        nproc=nproc,
+        micro_batch=int(train.get("per_device_train_batch_size", 8)),
+        accumulation=int(train.get("gradient_accumulation_steps", 1)),
+        gradient_checkpointing=checkpointing,
+        peft_method=recipe.peft.method,
+        trainable_params=trainable,
+        peft_params=peft_params,
+        dropout_features=dropout_features,
+    )
+    memory, notes, cpu_bytes = memory_per_device(shape, setup, run)
+    if device_memory_bytes is None and target == "gpu":
+        device_memory_bytes = _detected_gpu_memory()
+    fits = None if device_memory_bytes is None else memory["total"] <= device_memory_bytes
+    suggestions = []
+    if fits is False:
+        suggestions = suggest_changes(recipe, config, shape, setup, run, device_memory_bytes)
+
+    other = dataclasses.replace(setup, gradient_checkpointing=not checkpointing)
+    other_activations = memory_per_device(shape, other, run)[0]["activations"]
+    with_ckpt, without_ckpt = (
+        (memory["activations"], other_activations)
+        if checkpointing
+        else (other_activations, memory["activations"])
+    )
+    return Plan(
+        recipe=str(recipe.source),
+        command=command,
+        model={
+            **dataclasses.asdict(shape),
+            "trainable_parameters": trainable,
+            "parameters_with_adapter": peft_params,
+        },
+        training={
+            "peft": recipe.peft.method,
+            "strategy": strategy,
+            "nproc": nproc,
+            "target": target,
+            "weight_dtype": run.weight_dtype,
+            "mixed_precision": run.mixed_precision,
+            "micro_batch": setup.micro_batch,
+            "sequences_per_example": run.sequences_per_example,
+            "sequence_length": run.seq_len,
+            "gradient_accumulation_steps": setup.accumulation,
+            "gradient_checkpointing": checkpointing,
+            "reference_copy": run.reference_copy,
+        },
+        memory=memory,
+        memory_notes=notes,
+        activations_without_checkpointing=without_ckpt,
+        activations_with_checkpointing=with_ckpt,
+        cpu_offload_bytes=cpu_bytes,
+        device_memory_bytes=device_memory_bytes,
+        fits=fits,
+        throughput=throughput_summary(recipe, train, shape, setup, run),
+        suggestions=suggestions,
+        assumptions=assumptions(run, setup),
+    )
+
+
+def _detected_gpu_memory() -> int | None:
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    return None

@@ -1,0 +1,177 @@
+"""The model as the planner sees it: its config read without weights, built on PyTorch's meta device, and
+counted with and without the recipe's adapter."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmtune.errors import LlmtuneError
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the planner needs to know about the model, read from its config and meta-device build."""
+
+    name: str
+    source: str  # local, demo, huggingface, modelscope, from_config
+    architecture: str
+    parameters: int
+    layers: int
+    hidden_size: int
+    attention_heads: int
+    vocab_size: int
+    tied_embeddings: bool
+    attention: str  # the kernel training will use
+    linear_params: int  # every nn.Linear (lm_head included even when tied): the matmul FLOPs per token
+    quantizable_params: int  # nn.Linear weights that bitsandbytes quantises (all but the output layer)
+    lm_head_params: int
+    largest_unit_params: int  # one block or the embedding, whichever is larger (what ZeRO-3 gathers)
+
+
+def model_config(section):
+    """(transformers config, name, source) of the recipe's model, reading no weights."""
+    from transformers import AutoConfig
+
+    from llmtune.hub import DEMO_MODELS, resolve_demo_model, resolve_model
+
+    if section.from_config is not None:
+        return (
+            _config_from_sizes(section),
+            f"{section.from_config['architecture']} from config",
+            "from_config",
+        )
+    name = section.name_or_path
+    if name in DEMO_MODELS and not Path(name).exists():
+        try:
+            resolved = resolve_demo_model(name, convert=False)
+        except LlmtuneError as exc:
+            if "not converted" not in exc.message:
+                raise
+            return _demo_gguf_config(name), name, "demo"
+    else:
+        resolved = resolve_model(
+            name,
+            hub=section.hub,
+            revision=section.revision,
+            gguf_file=section.gguf_file,
+            trust_remote_code=section.trust_remote_code,
+            weights=False,
+        )
+    folder = Path(resolved.path)
+    if (folder / "adapter_config.json").is_file():
+        # An earlier llmtune run: training loads its base with the adapter merged in.
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base:
+            raise LlmtuneError(f"{folder}/adapter_config.json names no base_model_name_or_path.")
+        config, _, _ = model_config(section.model_copy(update={"name_or_path": base, "gguf_file": None}))
+        return config, name, resolved.source
+    kwargs = {"trust_remote_code": section.trust_remote_code}
+    if resolved.gguf_file:
+        kwargs["gguf_file"] = resolved.gguf_file
+    try:
+        return AutoConfig.from_pretrained(folder, **kwargs), name, resolved.source
+    except (OSError, ValueError) as exc:
+        raise LlmtuneError(f"cannot read the config of {name}: {str(exc).splitlines()[0]}") from None
+
+
+def _demo_gguf_config(alias: str):
+    """A demo model not yet converted: its config straight from the GGUF metadata."""
+    from transformers import AutoConfig
+
+    from llmtune.hub import DEMO_MODELS, wheel_path
+
+    gguf = wheel_path(DEMO_MODELS[alias], alias)
+    return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def _config_from_sizes(section):
+    """The config `model.from_config` builds, exactly as training builds it (models.config_from_section)."""
+    from llmtune.models import config_from_section, load_tokenizer
+
+    return config_from_section(section, load_tokenizer(section, None))
+
+
+def _meta_model(config, section):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=section.trust_remote_code)
+    except ValueError as exc:
+        raise LlmtuneError(
+            f"cannot build {type(config).__name__} as a causal LM: {str(exc).splitlines()[0]}"
+        ) from None
+
+
+def adapted(config, model_section, peft_section) -> tuple[int, int, int]:
+    """(trainable, total, LoRA dropout input features) with the adapter applied on the meta device."""
+    import torch
+
+    from llmtune.adapters import apply_peft
+    from llmtune.models import count_parameters
+
+    model = _meta_model(config, model_section)
+    if peft_section.method == "none":
+        total = count_parameters(model)[1]
+        return total, total, 0
+    # QLoRA adapts the same layers as LoRA (bitsandbytes' Linear4bit is an nn.Linear); a prompt-tuning
+    # text init only chooses starting values.
+    changes: dict[str, Any] = {"prompt_tuning_init_text": None}
+    if peft_section.method == "qlora":
+        changes["method"] = "lora"
+    with torch.device("meta"):
+        model = apply_peft(model, peft_section.model_copy(update=changes))
+    dropout_features = sum(
+        module.in_features
+        for module in model.modules()
+        if hasattr(module, "lora_dropout")
+        and any(isinstance(d, torch.nn.Dropout) for d in module.lora_dropout.values())
+    )
+    return (*count_parameters(model), dropout_features)
+
+
+def model_shape(config, section, name: str, source: str) -> ModelShape:
+    """The sizes the memory model needs, counted on the meta device (tied weights once)."""
+    import torch
+
+    from llmtune.models import count_parameters
+
+    model = _meta_model(config, section)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = int(text.num_hidden_layers)
+    output = model.get_output_embeddings()
+    output_weight = output.weight if output is not None else None
+    embedding = model.get_input_embeddings().weight
+    linear = quantizable = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            numel = sum(p.numel() for p in module.parameters(recurse=False))
+            linear += numel
+            if module is not output:
+                quantizable += module.weight.numel()
+    blocks = next(
+        (m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == layers), None
+    )
+    block = sum(p.numel() for p in blocks[0].parameters()) if blocks is not None else 0
+    lm_head = output_weight.numel() if output_weight is not None else 0
+    attention = section.attn_implementation or getattr(model.config, "_attn_implementation", None) or "eager"
+    return ModelShape(
+        name=name,
+        source=source,
+        architecture=type(model).__name__,
+        parameters=count_parameters(model)[1],
+        layers=layers,
+        hidden_size=int(text.hidden_size),
+        attention_heads=int(text.num_attention_heads),
+        vocab_size=int(embedding.shape[0]),
+        tied_embeddings=output_weight is not None and output_weight is embedding,
+        attention=attention,
+        linear_params=linear,
+        quantizable_params=quantizable,
+        lm_head_params=lm_head,
+        largest_unit_params=max(block, embedding.numel(), lm_head),
+    )

@@ -1,0 +1,119 @@
+"""`llmtune eval`'s recipe: which models, and one section per task."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from llmtune.recipe.base import InputPath, OneOrMany, Recipe, Section
+from llmtune.recipe.model import ModelSection
+
+
+class EvalSection(Section):
+    """How `llmtune eval` runs: where results go, the chat template, two models to compare."""
+
+    output_dir: str | None = Field(
+        None, description="Results folder (default: runs/eval-<date>-<time>); never overwritten silently."
+    )
+    compare: list[str] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="Two models (name, folder or run) to compare side by side.",
+    )
+    template: str | None = Field(
+        None,
+        description="Chat template for every model: a built-in name or Jinja (default: the first model's own).",
+    )
+
+
+class PerplexityTaskSection(Section):
+    """Perplexity on text files with a sliding window (HF's recipe)."""
+
+    files: OneOrMany[InputPath] = Field(..., min_length=1)
+    text_field: str = Field("text", description="Field holding the text in .jsonl/.json rows.")
+    join: str = Field(
+        "\n\n", description="Joins the documents of a file (HF's recipe joins with blank lines)."
+    )
+    max_length: int = Field(1024, ge=2, description="Window length in tokens.")
+    stride: int = Field(512, gt=0, description="Tokens the window moves; each token is scored once.")
+    batch_size: int = Field(4, gt=0)
+
+    @model_validator(mode="after")
+    def check_stride(self) -> PerplexityTaskSection:
+        if self.stride > self.max_length:
+            raise ValueError(f"perplexity.stride {self.stride} is larger than max_length {self.max_length}")
+        return self
+
+
+class McqTaskSection(Section):
+    """Multiple-choice questions in the MMLU / CMMLU CSV layouts, scored by log-likelihood."""
+
+    files: OneOrMany[InputPath] = Field(
+        ..., min_length=1, description="CSV files or folders of them (one subject each)."
+    )
+    layout: Literal["auto", "mmlu", "mmlu_original", "cmmlu"] = "auto"
+    shots: int = Field(0, ge=0, description="Worked examples before each question, from shots_files.")
+    shots_files: OneOrMany[InputPath] = Field(
+        default_factory=list, description="Dev files with the k-shot examples (matched by subject)."
+    )
+    score: Literal["letter", "text", "both"] = Field(
+        "letter", description="Score the answer letter, each option's text, or both."
+    )
+    chat: bool = Field(False, description="Put the question in the chat template (the harnesses do not).")
+    max_questions: int | None = Field(None, gt=0, description="Score only the first N questions per subject.")
+    batch_size: int = Field(8, gt=0)
+    on_bad_rows: Literal["error", "skip"] = "error"
+
+
+class GenerateTaskSection(Section):
+    """Answers to prompts through the chat template."""
+
+    prompts: OneOrMany[str] = Field(default_factory=list)
+    prompts_file: InputPath | None = Field(
+        None, description="A .txt file (one prompt per line) or .jsonl rows."
+    )
+    system: str | None = None
+    max_new_tokens: int = Field(128, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(50, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    seed: int = 0
+    batch_size: int = Field(4, gt=0)
+
+
+class NerTaskSection(Section):
+    """Entity F1 of a lora-ner run."""
+
+    files: OneOrMany[InputPath] = Field(..., min_length=1)
+    model: InputPath | None = Field(
+        None, description="The lora-ner run (default: the model under evaluation)."
+    )
+    format: Literal["auto", "conll", "span_json"] = "auto"
+    tag_column: int = -1
+    max_samples: int | None = Field(None, gt=0)
+    on_bad_rows: Literal["error", "skip"] = "error"
+
+
+class EvalRecipe(Recipe):
+    """`llmtune eval`: perplexity, multiple choice, generation and NER F1 on one model or two."""
+
+    model: ModelSection | None = None
+    eval: EvalSection = Field(default_factory=EvalSection)
+    perplexity: PerplexityTaskSection | None = None
+    mcq: McqTaskSection | None = None
+    generate: GenerateTaskSection | None = None
+    ner: NerTaskSection | None = None
+
+    @property
+    def tasks(self) -> list[str]:
+        return [name for name in ("perplexity", "mcq", "generate", "ner") if getattr(self, name) is not None]
+
+    @model_validator(mode="after")
+    def check_eval(self) -> EvalRecipe:
+        if not self.tasks:
+            raise ValueError("no task: add at least one of the sections perplexity, mcq, generate, ner")
+        return self
