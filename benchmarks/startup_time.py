@@ -25,7 +25,13 @@ COMMANDS = {
     "--help": ["--help"],
     "sft --print-config": ["sft", "--recipe", "recipes/quickstart.yaml", "--print-config"],
     "plan (quickstart: LoRA)": ["plan", "--recipe", "recipes/quickstart.yaml", "--target", "cpu"],
-    "plan (GPT-2: full)": ["plan", "--recipe", "recipes/pretrain/gpt2-124m-the-verdict.yaml", "--target", "cpu"],
+    "plan (GPT-2: full)": [
+        "plan",
+        "--recipe",
+        "recipes/pretrain/gpt2-124m-the-verdict.yaml",
+        "--target",
+        "cpu",
+    ],
 }
 
 
