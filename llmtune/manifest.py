@@ -20,6 +20,7 @@ Built by `Manifest.start` and written by the run lifecycle (run_folder.py) only.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import platform
 import subprocess
 import sys
@@ -66,7 +67,7 @@ class Manifest:
             command=command,
             recipe=recipe,
             llmtune_git_commit=git_commit(Path(__file__).resolve().parent),
-            packages=package_versions(),
+            packages=dict(package_versions()),
             device=device_summary(),
         )
 
@@ -107,6 +108,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+@functools.cache  # constant for the life of a process
 def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -119,8 +121,10 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+@functools.cache
 def git_commit(path: Path) -> str | None:
-    """The commit of the git checkout holding `path` (with '+dirty' for local changes), if any."""
+    """The commit of the git checkout holding `path` (with '+dirty' for local changes), if any; read once
+    per process (two git calls)."""
     try:
         commit = subprocess.run(
             ["git", "-C", str(path), "rev-parse", "HEAD"],

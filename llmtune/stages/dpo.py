@@ -170,7 +170,7 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
                 "include_num_input_tokens_seen": "no",  # pairs are not a token stream; TRL logs its own counts
             },
         )
-        recorder, callbacks = standard_callbacks(
+        _, callbacks = standard_callbacks(
             run.dir, use_tensorboard=use_tensorboard, early_stopping=recipe.early_stopping
         )
         trainer_kwargs = {"ref_model": ref_model} if uses_reference else {}

@@ -63,6 +63,7 @@ def test_other_preference_algorithms_run(algorithm, tmp_path, tiny_pretrained):
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow  # a second full model as reference; the fast tier trains dpo in the golden test
 def test_full_dpo_uses_a_frozen_reference_and_ipo_loss(tmp_path, tiny_pretrained):
     from llmtune.recipe import DpoRecipe
     from llmtune.stages import dpo

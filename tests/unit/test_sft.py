@@ -104,13 +104,13 @@ PEFT_METHODS = {
 }
 
 
-# One of each family in the fast tier (LoRA, QLoRA, prompt tuning, IA3, freeze); the variants of a family
-# (DoRA, rsLoRA; prefix tuning, P-tuning) in the full suite.
+# The fast tier trains QLoRA, prompt tuning, IA3 and freeze here (LoRA trains in the golden and pretrain
+# tests); LoRA itself and the variants of a family (DoRA, rsLoRA; prefix tuning, P-tuning) in the full suite.
 @pytest.mark.parametrize(
     "name",
     [
         pytest.param(name, marks=pytest.mark.slow)
-        if name in ("dora", "rslora", "prefix_tuning", "p_tuning")
+        if name in ("lora", "dora", "rslora", "prefix_tuning", "p_tuning")
         else name
         for name in PEFT_METHODS
     ],
