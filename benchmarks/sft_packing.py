@@ -106,7 +106,9 @@ HAND_WRITTEN = textwrap.dedent(
 def split_data(work: Path, rows: int) -> tuple[Path, Path]:
     """The first `rows` valid conversations for training and the next 16 for eval (human/gpt only)."""
     good = []
-    for line in DATA.read_text(encoding="utf-8").splitlines():
+    for line in DATA.read_text(encoding="utf-8").split("\n"):
+        if not line.strip():
+            continue
         row = json.loads(line)
         turns = row.get("conversations") or []
         if turns and all(t.get("value", "").strip() for t in turns) and turns[-1]["from"] == "gpt":

@@ -7,8 +7,8 @@ Named `adapters` rather than `peft` so that it never shadows the `peft` package 
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,7 +122,7 @@ def apply_peft(
     try:
         return peft.get_peft_model(model, config)
     except (ValueError, KeyError) as exc:
-        first = str(exc).strip("'\"").splitlines()[0]
+        first = str(exc).strip("'\"").split("\n")[0]  # never splitlines: an empty message has no [0]
         raise LlmtuneError(
             f"peft ({section.method}): {first}",
             hint="Use `all-linear`, or names of the model's linear layers (e.g. q_proj, v_proj for Llama; "
@@ -183,6 +183,30 @@ def describe_trainable(model) -> str:
 
 
 # ------------------------------------------------------------------------------------- trained adapters, loaded back
+def _adapter_error(folder: Path, base: str, exc: Exception) -> LlmtuneError | None:
+    """The user's error for an adapter that does not load onto its base: damaged weights (a truncated
+    safetensors file), a config PEFT cannot read, or a base of another shape; None for anything else
+    (a failure of llmtune or a library, which keeps its traceback)."""
+    first = (str(exc).strip().split("\n")[0] or type(exc).__name__)[:300]
+    name = type(exc).__name__
+    if name in ("SafetensorError", "HeaderTooLarge", "UnpicklingError", "EOFError") or "safetensors" in first:
+        return LlmtuneError(
+            f"{folder}: the adapter weights cannot be read ({name}: {first}).",
+            hint="The file looks damaged (a copy cut short?): copy the adapter folder again, or train again.",
+        )
+    if isinstance(exc, FileNotFoundError | TypeError) or name == "EntryNotFoundError":
+        return LlmtuneError(
+            f"{folder}: incomplete adapter folder ({name}: {first}).",
+            hint="An adapter folder holds adapter_config.json and adapter_model.safetensors from the same run.",
+        )
+    if isinstance(exc, ValueError | RuntimeError | KeyError | OSError):
+        return LlmtuneError(
+            f"cannot apply the adapter in {folder} to {base}: {first}",
+            hint="Is --base the model the adapter was trained on (same architecture and vocabulary)?",
+        )
+    return None
+
+
 UNMERGEABLE_ADAPTERS = {
     "PROMPT_TUNING": "prompt tuning",
     "PREFIX_TUNING": "prefix tuning",
@@ -193,7 +217,29 @@ UNMERGEABLE_ADAPTERS = {
 
 
 def is_adapter_folder(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
+    """Whether `path` holds an adapter_config.json. Any entry of that name counts (a FIFO, a folder, a
+    dangling link), so that `load_adapter_model` says what is wrong with it instead of the folder being
+    taken for a full model and failing somewhere else."""
+    return os.path.lexists(Path(path) / "adapter_config.json")
+
+
+def read_adapter_config(folder: str | Path) -> dict:
+    """The adapter_config.json of an adapter folder, or an error naming the file when it is missing,
+    not a regular file, cut short, or not a PEFT config (no peft_type), with how to get a good copy."""
+    from llmtune.data.sources import read_json_file
+
+    path = Path(folder) / "adapter_config.json"
+    damaged = (
+        "The adapter folder looks damaged (a copy cut short?): copy it again from the run, or train again."
+    )
+    config = read_json_file(path, what="PEFT adapter config", hint=damaged)
+    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+        found = type(config).__name__ + (" without peft_type" if isinstance(config, dict) else "")
+        raise LlmtuneError(
+            f"{path}: not a PEFT adapter config (expected a JSON object with peft_type, found a {found}).",
+            hint=damaged,
+        )
+    return config
 
 
 def run_recipe_model(folder: Path) -> ModelSection | None:
@@ -226,7 +272,7 @@ def load_adapter_model(
     from llmtune.recipe import ModelSection
 
     folder = Path(folder)
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config = read_adapter_config(folder)
     notes: list[str] = []
     trained_with = run_recipe_model(folder)
     recorded = config.get("base_model_name_or_path")
@@ -258,9 +304,9 @@ def load_adapter_model(
     model.eval()
     try:
         peft_model = PeftModel.from_pretrained(model, str(folder))
-    except (ValueError, RuntimeError, KeyError) as exc:
-        raise LlmtuneError(
-            f"cannot apply the adapter in {folder} to {base}: {str(exc).strip().splitlines()[0]}",
-            hint="Is --base the model the adapter was trained on (same architecture and vocabulary)?",
-        ) from None
+    except Exception as exc:
+        error = _adapter_error(folder, base, exc)
+        if error is None:
+            raise
+        raise error from None
     return peft_model.eval(), tokenizer, notes

@@ -247,14 +247,10 @@ def lora_ner_predict(
         from pathlib import Path
 
         from llmtune.errors import LlmtuneError
-        from llmtune.ner.predict import predict_entities
+        from llmtune.ner.predict import predict_entities, texts_to_tag
         from llmtune.ner.tagger import load_tagger
 
-        items = list(texts or [])
-        if file:
-            if not Path(file).is_file():
-                raise LlmtuneError(f"--file {file} does not exist.")
-            items += [line for line in Path(file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        items = texts_to_tag(texts, file)
         if not items:
             raise LlmtuneError("give text to tag as arguments or with --file.")
         tagger, tokenizer, config = load_tagger(Path(model))
@@ -296,7 +292,9 @@ def plan(
         loaded = _load(recipe, None, set_, allowed=("pretrain", "sft", "dpo"))
         result = estimate(
             loaded,
-            device_memory_bytes=parse_memory(device_memory) if device_memory else None,
+            device_memory_bytes=(
+                parse_memory(device_memory, "--device-memory") if device_memory is not None else None
+            ),
             nproc=nproc or loaded.launch.nproc * loaded.launch.nnodes,
             strategy=strategy or loaded.launch.strategy,
             target=target,
@@ -320,7 +318,9 @@ def merge(
     dtype: str = typer.Option("float32", "--dtype", help="Saved dtype: float32, bfloat16 or float16."),
     max_shard_size: str = typer.Option("2GB", "--max-shard-size", help="Largest safetensors shard."),
     tolerance: float = typer.Option(
-        1e-4, "--tolerance", help="Largest allowed |merged - adapter| logit difference (float32)."
+        1e-4,
+        "--tolerance",
+        help="Floor of the merge check's bound on |merged - adapter| logits: max(TOLERANCE, 4 x the float32 noise measured on the model).",
     ),
     hub: str = typer.Option("auto", "--hub", help="auto, hf or modelscope (for hub ids)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out (after the check)."),

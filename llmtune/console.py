@@ -42,6 +42,11 @@ def user_errors(debug: bool):
             err=True,
         )
         raise typer.Exit(1) from None
+    finally:
+        # A stage that failed between locking its output folder and opening it leaves the lock to here.
+        from llmtune.folder_lock import release_all
+
+        release_all()
 
 
 class _ConsoleHandler(logging.StreamHandler):

@@ -36,3 +36,10 @@ def did_you_mean(word: str, choices, aliases: dict[str, str] | None = None) -> s
     if not close:
         return ""
     return f", did you mean '{aliases.get(close[0], close[0])}'?"
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line for a one-paragraph message (its type when the message is empty: an
+    empty message used to raise IndexError inside the error path)."""
+    text = str(exc).strip()
+    return text.split("\n", 1)[0].strip() if text else type(exc).__name__

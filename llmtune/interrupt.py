@@ -26,6 +26,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class _State:
     received: int | None = None  # the first signal seen while training
     training: bool = False  # inside trainer.train(), where a step can finish and be saved
+    deferring: str | None = None  # what must not be cut short (saving the trained model), if anything
 
 
 STATE = _State()
@@ -43,6 +44,10 @@ class TrainingInterrupted(LlmtuneError):
 
 def _handle(signum, frame) -> None:
     name = signal.Signals(signum).name
+    if STATE.deferring and STATE.received is None:
+        STATE.received = signum
+        log.warning("received %s: %s first (send it again to abort at once)", name, STATE.deferring)
+        return
     if STATE.received is not None or not STATE.training:
         for sig in SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
@@ -71,6 +76,24 @@ def signals_handled():
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         STATE.received, STATE.training = None, False
+
+
+@contextmanager
+def signals_deferred(what: str):
+    """Let `what` finish before a first signal takes effect (it is then raised as KeyboardInterrupt at the
+    end of the block); a second signal aborts at once as usual."""
+    if STATE.deferring:
+        yield
+        return
+    STATE.deferring = what
+    try:
+        yield
+    finally:
+        STATE.deferring = None
+    if STATE.received is not None:
+        name = signal.Signals(STATE.received).name
+        STATE.received = None
+        raise KeyboardInterrupt(name)
 
 
 class StopOnSignal(TrainerCallback):
@@ -102,5 +125,19 @@ def raise_if_interrupted(trainer, recipe, command: str) -> None:
         f"interrupted by {name} at step {trainer.state.global_step} of {trainer.state.max_steps}: {where} "
         f"in {trainer.args.output_dir}.",
         STATE.received,
-        hint=f"Resume with: llmtune {command} --recipe {recipe.source} --resume",
+        hint=f"Resume with: {resume_command(recipe, command)}",
     )
+
+
+def resume_command(recipe, command: str, output_dir: str | None = None) -> str:
+    """The command line that continues this run: the same recipe and --set overrides, plus --resume."""
+    import shlex
+
+    sets = [item for item in recipe.overrides if not item.startswith("train.resume_from_checkpoint=")]
+    if output_dir is not None:
+        sets = [item for item in sets if not item.startswith("train.output_dir=")]
+        sets.append(f"train.output_dir={output_dir}")
+    parts = ["llmtune", command, "--recipe", recipe.source]
+    for item in sets:
+        parts += ["--set", item]
+    return shlex.join([*parts, "--resume"])

@@ -12,6 +12,10 @@
                   trainable_parameters, peft, loaded_in_4bit, and stage extras (a dpo algorithm, a tagger head)
     distributed   how the processes trained together (training runs)
     results       the command's figures
+    phase         the phase the command was in (model, train, save, final_eval, ...) while running, or
+                  when it stopped; absent once completed
+    weights       "saved" once the trained model is on disk whole (a run can stop after that)
+    unfinished    the phases a stopped run did not finish
     error         why it failed or stopped
 
 Built by `Manifest.start` and written by the run lifecycle (run_folder.py) only.
@@ -59,6 +63,9 @@ class Manifest:
     model: dict[str, Any] | None = None
     distributed: str | None = None
     results: dict[str, Any] | None = None
+    phase: str | None = None
+    weights: str | None = None
+    unfinished: list[str] | None = None
     error: str | None = None
 
     @classmethod

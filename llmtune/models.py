@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmtune.errors import LlmtuneError, did_you_mean
+from llmtune.errors import LlmtuneError, did_you_mean, first_line
 from llmtune.home import llmtune_home
 from llmtune.hub import DEMO_MODELS, ResolvedModel, resolve_demo_model, resolve_model
 
@@ -66,6 +66,10 @@ def load_tokenizer(section: ModelSection, resolved: ResolvedModel | None) -> Pre
         assert resolved is not None
         folder, gguf_file = resolved.path, resolved.gguf_file
     kwargs = {"trust_remote_code": section.trust_remote_code}
+    from llmtune.adapters import is_adapter_folder, read_adapter_config
+
+    if is_adapter_folder(folder):
+        read_adapter_config(folder)  # a damaged adapter run is named as such, not as a tokenizer problem
     if gguf_file:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, **kwargs)
     elif (
@@ -85,7 +89,7 @@ def load_tokenizer(section: ModelSection, resolved: ResolvedModel | None) -> Pre
             tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
         except (OSError, ValueError) as exc:
             raise LlmtuneError(
-                f"cannot load a tokenizer from {folder}: {str(exc).splitlines()[0]}",
+                f"cannot load a tokenizer from {folder}: {first_line(exc)}",
                 hint="A tokenizer folder holds tokenizer.json (+ tokenizer_config.json), or vocab.json + "
                 "merges.txt, or GPT-2's encoder.json + vocab.bpe.",
             ) from None
@@ -174,7 +178,9 @@ def load_causal_lm(
             "peft.method qlora quantises a pretrained safetensors model; it cannot load a GGUF file or "
             "model.from_config. Convert the GGUF first (llmtune fetch ...) and point model.name_or_path at it."
         )
-    if resolved is not None and (Path(resolved.path) / "adapter_config.json").is_file():
+    from llmtune.adapters import is_adapter_folder
+
+    if resolved is not None and is_adapter_folder(resolved.path):
         return _merged_adapter_model(section, resolved, tokenizer, dtype, quantization)
     if resolved is None:
         model = _causal_lm_from_config(section, tokenizer, dtype)
@@ -198,7 +204,7 @@ def load_causal_lm(
             )
         except ValueError as exc:
             raise LlmtuneError(
-                f"cannot load {resolved.name} as a causal LM: {str(exc).splitlines()[0]}"
+                f"cannot load {resolved.name} as a causal LM: {first_line(exc)}"
             ) from None
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         log.info(
@@ -211,12 +217,13 @@ def load_causal_lm(
 
 
 def _merged_adapter_model(section, resolved, tokenizer, dtype, quantization):
-    import json
 
     from peft import PeftModel
 
+    from llmtune.adapters import read_adapter_config
+
     folder = Path(resolved.path)
-    adapter = json.loads((folder / "adapter_config.json").read_text())
+    adapter = read_adapter_config(folder)
     base = adapter.get("base_model_name_or_path")
     if not base:
         raise LlmtuneError(f"{folder}/adapter_config.json names no base_model_name_or_path.")

@@ -9,7 +9,9 @@ precision) and turns argument errors into messages that name the `train.` key.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -19,7 +21,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from llmtune.errors import LlmtuneError
+from llmtune.errors import LlmtuneError, first_line
 from llmtune.outputs import CHECKPOINT_PREFIX, metrics_from_log_history, plot_loss, write_json
 
 log = logging.getLogger("llmtune")
@@ -96,7 +98,7 @@ def training_arguments(
     try:
         return arguments_class(**kwargs), use_tensorboard
     except (ValueError, TypeError) as exc:
-        raise LlmtuneError(f"train: {str(exc).strip().splitlines()[0]} ({recipe.source})") from None
+        raise LlmtuneError(f"train: {first_line(exc)} ({recipe.source})") from None
 
 
 class MetricsRecorder(TrainerCallback):
@@ -153,7 +155,7 @@ def standard_callbacks(
 STAGING_PREFIX = "tmp-checkpoint"
 
 
-def make_checkpoints_atomic(trainer, resumed_from: str | None = None) -> None:
+def make_checkpoints_atomic(trainer, resumed_from: str | None = None, guard: LossGuard | None = None) -> None:
     """Write each checkpoint into `tmp-checkpoint-N`, then rename it to `checkpoint-N`, so that a run killed
     mid-save never leaves a folder that looks like a checkpoint; and keep checkpoints by llmtune's rule.
 
@@ -182,6 +184,8 @@ def make_checkpoints_atomic(trainer, resumed_from: str | None = None) -> None:
             return
         step = trainer.state.global_step
         staging, final = run_dir / f"{STAGING_PREFIX}-{step}", run_dir / f"{CHECKPOINT_PREFIX}{step}"
+        if guard is not None:
+            guard.write_state(staging, step)
         best_step = trainer.state.best_global_step
         if best_step:
             best = run_dir / f"{CHECKPOINT_PREFIX}{best_step}"
@@ -224,45 +228,140 @@ def check_launch(trainer, recipe) -> str:
     return description
 
 
+# The phases of a training stage, in order (the manifest of a run that stops lists those not finished).
+TRAINING_PHASES = ("model", "train", "save", "final_eval", "samples")
+
+
 def run_training(trainer, recipe, run):
     """trainer.train() the llmtune way: the launch checked (and recorded in the manifest), checkpoints
-    written atomically and kept by llmtune's rule, --resume from the newest complete checkpoint, and a
-    signal turned into a saved checkpoint plus an error that says how to resume."""
+    written atomically and kept by llmtune's rule, --resume from the checkpoint the run folder checked,
+    a signal turned into a saved checkpoint plus an error that says how to resume, a non-finite loss
+    turned into a stop, and `training_loss` over the whole run (a resumed run included)."""
     from llmtune.interrupt import raise_if_interrupted
 
+    run.phase("train")
     run.manifest.distributed = check_launch(trainer, recipe)
     run.write_manifest()
-    checkpoint = resume_checkpoint(recipe, run.dir, run.folder.resume)
-    make_checkpoints_atomic(trainer, checkpoint if isinstance(checkpoint, str) else None)
+    checkpoint = str(run.folder.checkpoint) if run.folder.checkpoint is not None else None
+    if checkpoint is not None:
+        log.info("Resuming from %s", checkpoint)
+    guard = LossGuard(recipe, trainer, checkpoint)
+    make_checkpoints_atomic(trainer, checkpoint, guard)
     output = trainer.train(resume_from_checkpoint=checkpoint)
     raise_if_interrupted(trainer, recipe, run.command)
-    return output
+    guard.raise_if_tripped(trainer, recipe, run)
+    whole = guard.whole_run_loss(output, trainer.state.global_step)
+    return output._replace(training_loss=whole, metrics={**output.metrics, "train_loss": whole})
 
 
-def resume_checkpoint(recipe, run_dir: Path, resume: bool) -> str | bool | None:
-    """What to pass to `trainer.train(resume_from_checkpoint=...)` for --resume / train.resume_from_checkpoint."""
-    from llmtune.outputs import latest_checkpoint
+class LossGuard(TrainerCallback):
+    """Stops training when the loss (or the gradient norm) stops being a finite number, and keeps the
+    sum of step losses in every checkpoint so that a resumed run reports `train_loss` over all its steps.
 
-    wanted = recipe.train.trainer_kwargs().get("resume_from_checkpoint")
-    if resume or wanted in (True, "true", "latest"):
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise LlmtuneError(f"--resume: no complete checkpoint in {run_dir}.")
-        log.info("Resuming from %s", checkpoint)
-        return str(checkpoint)
-    if wanted:
-        if not Path(wanted).is_dir():
-            raise LlmtuneError(f"train.resume_from_checkpoint: {wanted} is not a checkpoint folder.")
-        return str(wanted)
-    return None
+    HF's Trainer, with its default `logging_nan_inf_filter`, replaces a NaN step loss by the running mean
+    in its logs (a run that went NaN at step 1 logs a loss of 0) and trains on; and its final
+    `training_loss` averages only the steps of the current session. Both are read here from each step's
+    loss as `training_step` returns it (wrapped: no callback sees the step loss). `train.nan_patience`
+    non-finite steps in a row are tolerated (default 0: stop at the first); no checkpoint is written
+    while the loss is non-finite, so the last checkpoint is a good one.
+    """
+
+    STATE_FILE = "llmtune_state.json"
+
+    def __init__(self, recipe, trainer, resumed_from: str | None):
+        self.patience = int(getattr(recipe.train, "nan_patience", 0) or 0)
+        self.scaled_fp16 = bool(trainer.args.fp16)  # the fp16 scaler skips steps with inf gradients by design
+        self.session_sum, self.bad_in_step, self.bad_steps = 0.0, False, 0
+        self.tripped: tuple[int, str] | None = None
+        self.prior: tuple[float, int] | None = None  # (loss sum, steps) carried in the resumed checkpoint
+        self.unknown_prior = False
+        if resumed_from is not None:
+            try:
+                state = json.loads((Path(resumed_from) / self.STATE_FILE).read_text())
+                self.prior = (float(state["loss_sum"]), int(state["step"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                self.unknown_prior = True
+                log.warning(
+                    "note: %s has no %s (written by an older llmtune); train_loss will cover only the "
+                    "steps trained from here",
+                    resumed_from,
+                    self.STATE_FILE,
+                )
+        original = trainer.training_step
+
+        def training_step(*args, **kwargs):
+            loss = original(*args, **kwargs)
+            value = float(loss)  # one sync per micro-batch, as HF's own NaN filter does
+            if math.isfinite(value):
+                self.session_sum += value
+            else:
+                self.bad_in_step = True
+            return loss
+
+        trainer.training_step = training_step
+        trainer.add_callback(self)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bad_steps = self.bad_steps + 1 if self.bad_in_step else 0
+        self.bad_in_step = False
+        if self.bad_steps:
+            control.should_save = False
+            if self.bad_steps > self.patience and self.tripped is None:
+                self.tripped = (state.global_step, "loss")
+                control.should_training_stop = True
+                control.should_evaluate = False
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        norm = (logs or {}).get("grad_norm")
+        if isinstance(norm, (int, float)) and not math.isfinite(norm) and not self.scaled_fp16:
+            if self.tripped is None and self.patience == 0:
+                self.tripped = (state.global_step, "gradient norm")
+                control.should_training_stop = True
+                control.should_save = False
+        return control
+
+    def write_state(self, checkpoint_dir: Path, step: int) -> None:
+        if self.unknown_prior:
+            return  # the steps before this session are unknown: no sum is better than a wrong one
+        prior = self.prior[0] if self.prior else 0.0
+        write_json(checkpoint_dir / self.STATE_FILE, {"loss_sum": prior + self.session_sum, "step": step})
+
+    def raise_if_tripped(self, trainer, recipe, run) -> None:
+        if self.tripped is None:
+            return
+        from llmtune.outputs import latest_checkpoint
+
+        step, what = self.tripped
+        good = latest_checkpoint(run.dir)
+        kept = f"the last good checkpoint is {good}" if good else "no checkpoint was written before it"
+        raise LlmtuneError(
+            f"training stopped at step {step}: the {what} is no longer a finite number (NaN or inf), so the "
+            f"model's weights are no longer usable; {kept}. The trained model was not saved.",
+            hint="Lower train.learning_rate, check the recipe's scaling values (peft.lora_alpha, "
+            "warmup), use bf16 instead of fp16, or raise train.max_grad_norm clipping; "
+            "train.nan_patience: N tolerates N non-finite steps in a row (fp16 loss scaling).",
+        )
+
+    def whole_run_loss(self, output, global_step: int) -> float:
+        """HF's `training_loss` for a run trained in one session; over all its steps for a resumed one."""
+        if self.prior is None:
+            return output.training_loss
+        prior_sum, prior_steps = self.prior
+        session_steps = global_step - prior_steps
+        return (prior_sum + output.training_loss * session_steps) / max(global_step, 1)
 
 
-def save_trained(trainer, run, *, title: str) -> None:
-    """Save the model/adapter and tokenizer into the run folder (every rank takes part: ZeRO-3 gathers),
-    check the saved weights, and write metrics.json and loss.png. The stage then calls run.finish."""
-    trainer.save_model(str(run.dir))
+def save_trained(trainer, run) -> None:
+    """Save the model/adapter and tokenizer into the run folder, whole or not at all (Run.save_weights:
+    every rank takes part, ZeRO-3 gathers), with the saved weights checked."""
+    run.save_weights(lambda staging: trainer.save_model(str(staging)), check=check_saved_weights)
+
+
+def write_training_metrics(trainer, run, *, title: str) -> None:
+    """metrics.json and loss.png from the Trainer's history (after the final evaluation, which it
+    includes). The stage then calls run.finish."""
     if trainer.is_world_process_zero():
-        check_saved_weights(run.dir)
         metrics = metrics_from_log_history(trainer.state.log_history)
         write_json(run.dir / "metrics.json", metrics)
         plot_loss(metrics, run.dir / "loss.png", title)

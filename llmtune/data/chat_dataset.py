@@ -139,8 +139,15 @@ def load_examples(data, *, preference: bool, describe=None) -> tuple[dict[str, l
 
     validation: list = []
     if data.validation_files:
-        for path in expand_sources(data.validation_files, "data.validation_files", CHAT_SUFFIXES, describe):
+        val_files = expand_sources(data.validation_files, "data.validation_files", CHAT_SUFFIXES, describe)
+        for path in val_files:
             validation.extend(_read(path, data, preference, bad, report))
+        if not validation:  # else the run would silently go without the validation it was asked for
+            raise LlmtuneError(
+                f"no usable validation rows in data.validation_files ({', '.join(str(p) for p in val_files)})"
+                + (f" ({bad.total:,} bad rows skipped: {dict(bad.counts)})" if bad.total else "")
+                + "."
+            )
         report.split = "validation from data.validation_files"
     elif data.validation_split > 0:
         order = list(range(len(train)))
@@ -198,9 +205,22 @@ def render_with_mask(tokenizer, conversation: Conversation, train_on_prompt: boo
     tools = _tools(conversation.tools)
 
     def render(msgs, generation_prompt=False):
-        return tokenizer.apply_chat_template(
-            msgs, tokenize=False, add_generation_prompt=generation_prompt, tools=tools
-        )
+        import jinja2
+
+        try:
+            return tokenizer.apply_chat_template(
+                msgs, tokenize=False, add_generation_prompt=generation_prompt, tools=tools
+            )
+        except (jinja2.TemplateError, TypeError, ValueError, RecursionError) as exc:
+            # The template itself failed on this row (raise_exception("roles must alternate"), an
+            # undefined variable, a type error inside it): name the row and the template, no traceback.
+            first = str(exc).strip().split("\n")[0][:200]
+            raise LlmtuneError(
+                f"{conversation.where}: the chat template fails on this conversation "
+                f"({type(exc).__name__}: {first}).",
+                hint="Fix the row, or the template (data.template; a built-in one: chatml, qwen, llama3, "
+                "alpaca).",
+            ) from None
 
     text = render(messages)
     spans = []
@@ -234,7 +254,7 @@ def _tools(tools: str | None):
 
     try:
         parsed = json.loads(tools)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # not a JSON tool list: rendered without tools
         return None
     return parsed if isinstance(parsed, list) else [parsed]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmtune.data.sources import BadRows, iter_json_rows, report_bad_row
+from llmtune.data.sources import BadRows, brief, iter_json_rows, report_bad_row
 from llmtune.errors import LlmtuneError
 
 SFT_FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion")
@@ -135,7 +135,7 @@ def read_rows(
             if used is None:
                 wanted = PREFERENCE_FORMATS if preference else SFT_FORMATS
                 raise LlmtuneError(
-                    f"{where}: cannot tell the data format from the keys {sorted(row)}; expected one of "
+                    f"{where}: cannot tell the data format from the keys {brief(sorted(row), 200)}; expected one of "
                     f"{', '.join(wanted)} (see their keys in the README), or map your column names with "
                     "data.columns, e.g. {instruction: question, output: answer}."
                 )
@@ -143,6 +143,9 @@ def read_rows(
             example = parse_row(row, used, columns, where, default_system)
         except BadRow as exc:
             report_bad_row(where, str(exc), on_bad_rows, bad)
+            continue
+        except RecursionError:  # a value nested ~1000 deep (json.loads' limit) re-serialised as tools
+            report_bad_row(where, "a value nested too deeply", on_bad_rows, bad)
             continue
         examples.append(example)
     if used == "auto":
@@ -231,7 +234,7 @@ def _sharegpt_messages(turns, system) -> list[dict]:
         speaker = turn.get(role_key)
         if speaker not in SHAREGPT_ROLES:
             raise BadRow(
-                f"conversations[{index}] has unknown speaker {speaker!r} "
+                f"conversations[{index}] has unknown speaker {brief(speaker)} "
                 f"(expected {', '.join(sorted(SHAREGPT_ROLES))})"
             )
         messages.append({"role": SHAREGPT_ROLES[speaker], "content": _text(turn.get(content_key), "value")})
@@ -249,7 +252,9 @@ def _openai_messages(turns, system) -> list[dict]:
             raise BadRow(f"messages[{index}] is not an object")
         role = turn.get("role")
         if role not in MESSAGE_ROLES:
-            raise BadRow(f"messages[{index}] has unknown role {role!r} (expected {', '.join(MESSAGE_ROLES)})")
+            raise BadRow(
+                f"messages[{index}] has unknown role {brief(role)} (expected {', '.join(MESSAGE_ROLES)})"
+            )
         content = turn.get("content")
         if content is None and turn.get("tool_calls"):
             content = json.dumps(turn["tool_calls"], ensure_ascii=False)

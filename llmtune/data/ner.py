@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from llmtune.data.sources import BadRows, iter_json_rows, read_text_file, report_bad_row
+from llmtune.data.sources import (
+    BadRows,
+    brief,
+    clip,
+    iter_json_rows,
+    read_text_file,
+    report_bad_row,
+    split_lines,
+)
 from llmtune.errors import LlmtuneError
 
 SCHEMES = ("BIO", "BIOES")
@@ -131,6 +139,7 @@ def read_conll(
     bad: BadRows,
     repairs: Counter | None = None,
     notes: list[str] | None = None,
+    key: str = "data.on_bad_rows",
 ) -> list[Sentence]:
     """Sentences of a CoNLL-style column file whose tags are in `scheme` ("BIO" or "BIOES").
 
@@ -139,7 +148,8 @@ def read_conll(
     B- only separates two adjacent ones of the same type) is converted to BIO and a line saying so is
     appended to `notes`. Under `strict`, an I-/E- tag that continues no entity is a bad row; with
     `strict=False` the sentence is re-tagged instead and the changed tags are counted in `repairs`.
-    Use `to_scheme` to turn the result into the scheme the model trains on.
+    Use `to_scheme` to turn the result into the scheme the model trains on. `key` is the recipe key
+    that asks for skips (data.on_bad_rows, or ner.on_bad_rows in eval), named in errors.
     """
     path = Path(path)
     _check_scheme(scheme)
@@ -165,19 +175,24 @@ def read_conll(
             else:
                 tags = _repair(tags, scheme, repairs)
         if problem is not None:
-            report_bad_row(f"{path} line {problem[0]}", problem[1], on_bad_rows, bad)
+            report_bad_row(f"{path} line {problem[0]}", problem[1], on_bad_rows, bad, key)
             continue
         sentences.append(Sentence(tokens, tags, f"{path} line {first}"))
     return sentences
+
+
+# Columns are separated by spaces and tabs only: str.split() would also cut a token at a no-break space,
+# U+2028, \x1c-\x1f and the like, which are characters of the token (and change the column count).
+_COLUMN_SEPARATOR = re.compile(r"[ \t]+")
 
 
 def _conll_blocks(text: str) -> list[list[tuple[int, list[str]]]]:
     """Sentences as lists of (line number, columns); blank and -DOCSTART- lines end a sentence."""
     blocks: list[list[tuple[int, list[str]]]] = []
     current: list[tuple[int, list[str]]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        columns = line.split()
-        if not columns or columns[0] == "-DOCSTART-":
+    for number, line in enumerate(split_lines(text), start=1):
+        columns = _COLUMN_SEPARATOR.split(line.strip(" \t"))
+        if not line.strip() or columns[0] == "-DOCSTART-":
             if current:
                 blocks.append(current)
             current = []
@@ -211,7 +226,7 @@ def _parse_block(
             return [], [], (number, reason)
         tag = columns[tag_column]
         if not _TAG_PATTERNS[scheme].fullmatch(tag):
-            return [], [], (number, f"invalid {scheme} tag ('{tag}'; expected {_TAG_FORMS[scheme]})")
+            return [], [], (number, f"invalid {scheme} tag ({brief(tag)}; expected {_TAG_FORMS[scheme]})")
     return [c[0] for _, c in block], [c[tag_column] for _, c in block], None
 
 
@@ -265,12 +280,13 @@ def read_ner_file(
     bad: BadRows,
     repairs: Counter | None = None,
     notes: list[str] | None = None,
+    key: str = "data.on_bad_rows",
 ) -> tuple[list[Sentence], str]:
     """(sentences tagged in `scheme`, unit) of one file: span JSON (`format` span_json, or auto and a
     .json/.jsonl file; unit "char") or CoNLL columns (unit "word", read as BIO and converted)."""
     span_json = format == "span_json" or (format == "auto" and path.suffix in (".json", ".jsonl"))
     if span_json:
-        return read_span_json(path, scheme=scheme, on_bad_rows=on_bad_rows, bad=bad), "char"
+        return read_span_json(path, scheme=scheme, on_bad_rows=on_bad_rows, bad=bad, key=key), "char"
     sentences = read_conll(
         path,
         tag_column=tag_column,
@@ -280,6 +296,7 @@ def read_ner_file(
         bad=bad,
         repairs=repairs,
         notes=notes,
+        key=key,
     )
     if scheme == "BIOES":
         sentences = [Sentence(s.tokens, to_scheme(s.tags, "BIOES"), s.where) for s in sentences]
@@ -288,7 +305,12 @@ def read_ner_file(
 
 # -------------------------------------------------------------------------------- CLUENER span JSON
 def read_span_json(
-    path: Path | str, *, scheme: str = "BIO", on_bad_rows: str = "error", bad: BadRows
+    path: Path | str,
+    *,
+    scheme: str = "BIO",
+    on_bad_rows: str = "error",
+    bad: BadRows,
+    key: str = "data.on_bad_rows",
 ) -> list[Sentence]:
     """Sentences of CLUENER-style JSON lines, one character per token, tagged in `scheme`.
 
@@ -299,10 +321,10 @@ def read_span_json(
     path = Path(path)
     _check_scheme(scheme)
     sentences: list[Sentence] = []
-    for where, row in iter_json_rows(path, on_bad_rows, bad):
+    for where, row in iter_json_rows(path, on_bad_rows, bad, key):
         spans, problem = _row_spans(row)
         if problem is not None:
-            report_bad_row(where, problem, on_bad_rows, bad)
+            report_bad_row(where, problem, on_bad_rows, bad, key)
             continue
         text = row["text"]
         sentences.append(Sentence(list(text), tags_from_entities(spans, len(text), scheme), where))
@@ -326,7 +348,10 @@ def _row_spans(row: dict) -> tuple[list[tuple[str, int, int]], str | None]:
     spans: list[tuple[str, int, int]] = []
     for kind, found in label.items():
         if not isinstance(found, dict):
-            return [], f"malformed label (type '{kind}' should map entity text to spans, found {found!r})"
+            return (
+                [],
+                f"malformed label (type '{clip(kind)}' should map entity text to spans, found {brief(found)})",
+            )
         for entity, pairs in found.items():
             for pair in pairs if isinstance(pairs, list) else [pairs]:
                 problem = _span_problem(text, kind, entity, pair)
@@ -346,21 +371,21 @@ def _span_problem(text: str, kind: str, entity: str, pair) -> str | None:
         and len(pair) == 2
         and all(isinstance(n, int) and not isinstance(n, bool) for n in pair)
     ):
-        return f"malformed span ({kind} '{entity}': expected [start, end] integers, found {pair!r})"
+        return f"malformed span ({clip(kind)} {brief(entity)}: expected [start, end] integers, found {brief(pair)})"
     start, end = pair
     if not 0 <= start <= end < len(text):
-        return f"span out of range ({kind} '{entity}' [{start}, {end}] in a text of {len(text)} characters)"
+        return f"span out of range ({clip(kind)} {brief(entity)} [{start}, {end}] in a text of {len(text)} characters)"
     if text[start : end + 1] != entity:
         return (
-            f"span text does not match the text ({kind} '{entity}' [{start}, {end}] covers "
-            f"'{text[start : end + 1]}'; end is inclusive)"
+            f"span text does not match the text ({clip(kind)} {brief(entity)} [{start}, {end}] covers "
+            f"{brief(text[start : end + 1])}; end is inclusive)"
         )
     return None
 
 
 def _describe(text: str, span: tuple[str, int, int]) -> str:
     kind, start, end = span
-    return f"{kind} '{text[start:end]}' [{start}, {end - 1}]"
+    return f"{clip(kind)} {brief(text[start:end])} [{start}, {end - 1}]"
 
 
 # ----------------------------------------------------------------------------------- label set
@@ -383,8 +408,8 @@ def check_labels(sentences: list[Sentence], labels: list[str], split_name: str) 
         for index, tag in enumerate(sentence.tags):
             if tag not in known:
                 raise LlmtuneError(
-                    f"{split_name}: tag '{tag}' at {sentence.where}, token {index + 1} "
-                    f"('{sentence.tokens[index]}') never occurs in the training data, so the model has "
+                    f"{split_name}: tag {brief(tag)} at {sentence.where}, token {index + 1} "
+                    f"({brief(sentence.tokens[index])}) never occurs in the training data, so the model has "
                     "no label for it.",
                     hint=f"Add training examples of it or fix the tag; training labels: {', '.join(labels)}.",
                 )

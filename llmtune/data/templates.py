@@ -81,6 +81,7 @@ def apply_template(tokenizer, name: str | None) -> tuple[str, list[str]]:
         tokenizer.chat_template = BUILT_IN[name]
         return f"built-in {name}", missing
     if "{%" in name or "{{" in name:
+        check_jinja(name)
         tokenizer.chat_template = name
         return "from the recipe (Jinja)", []
     from llmtune.errors import did_you_mean
@@ -89,6 +90,34 @@ def apply_template(tokenizer, name: str | None) -> tuple[str, list[str]]:
         f"data.template: unknown template {name!r}{did_you_mean(name, BUILT_IN)}; use one of "
         f"{', '.join(BUILT_IN)}, a Jinja string, or leave it out to use the model's own."
     )
+
+
+def check_jinja(template: str, key: str = "data.template") -> None:
+    """Compile a Jinja chat template as transformers will, so that a syntax error stops the command while
+    the data loads (before any model), naming the key and the template line, not a traceback from the
+    first conversation rendered."""
+    import jinja2
+
+    try:  # transformers' own environment: its extensions ({% generation %}, loop controls) and globals
+        from transformers.utils.chat_template_utils import _compile_jinja_template as compile_template
+    except ImportError:  # a private helper that may move: the sandbox every chat template runs in
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        compile_template = ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).from_string
+    try:
+        compile_template(template)
+    except jinja2.TemplateSyntaxError as exc:
+        lines = template.split("\n")
+        source = lines[exc.lineno - 1] if 0 < (exc.lineno or 0) <= len(lines) else ""
+        shown = (
+            f": {source if len(source) <= 80 else source[:77] + '...'!r}" if len(lines) > 1 and source else ""
+        )
+        raise LlmtuneError(
+            f"{key}: the Jinja chat template does not compile at line {exc.lineno} of the template{shown}: "
+            f"{str(exc.message).rstrip('.')}.",
+            hint="Close every {% for %}/{% if %} with {% endfor %}/{% endif %} and every {{ with }}, or use a "
+            f"built-in template ({', '.join(BUILT_IN)}).",
+        ) from None
 
 
 def end_of_turn_token(tokenizer, name: str | None) -> str | None:

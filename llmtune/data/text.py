@@ -36,6 +36,7 @@ from llmtune.data.sources import (
     iter_json_rows,
     read_text_file,
     report_bad_row,
+    split_lines,
 )
 from llmtune.errors import LlmtuneError
 
@@ -136,7 +137,7 @@ def split_txt(text: str, unit: str) -> list[str]:
         return [text]
     if unit == "paragraph":
         return [p for p in re.split(r"\n\s*\n", text) if p.strip()]
-    return [line for line in text.splitlines() if line.strip()]
+    return [line for line in split_lines(text) if line.strip()]  # "\n" only: see split_lines
 
 
 # ------------------------------------------------------------------------------------------ cleaning
@@ -270,7 +271,7 @@ def build_text_datasets(
     data: TextDataSection, tokenizer, cache_root: Path, describe=None
 ) -> tuple[DatasetDict, TextDataReport]:
     """Train (and validation, when asked for) blocks of token ids, and the report of how they were made."""
-    from datasets import DatasetDict, load_from_disk
+    from datasets import DatasetDict
 
     train_files = expand_sources(data.train_files, "data.train_files", describe=describe)
     val_files = (
@@ -294,9 +295,9 @@ def build_text_datasets(
     report.cache_key = hashlib.sha256(key_source.encode()).hexdigest()[:20]
     cache_dir = cache_root / "text" / report.cache_key
     if data.cache and (cache_dir / "report.json").exists():
-        cached = json.loads((cache_dir / "report.json").read_text())
-        cached.update(from_cache=True)
-        return load_from_disk(str(cache_dir / "blocks")), TextDataReport(**cached)
+        found = _read_cache(cache_dir)
+        if found is not None:
+            return found
 
     bad = BadRows()
     train_docs = read_documents(train_files, data, bad, report)
@@ -305,6 +306,11 @@ def build_text_datasets(
         val_report = TextDataReport()
         val_docs = read_documents(val_files, data, bad, val_report)
         val_docs, _ = clean_documents(val_docs, data.clean)
+        if not val_docs:  # else the run would silently go without the validation it was asked for
+            raise LlmtuneError(
+                f"data.validation_files ({', '.join(str(p) for p in val_files)}): no documents after reading "
+                "and cleaning (empty files, or everything removed by data.clean)."
+            )
         report.documents_read += val_report.documents_read
         report.empty_documents += val_report.empty_documents
         report.split = f"validation from {len(val_files)} file(s)"
@@ -357,20 +363,71 @@ def _blocks_dataset(blocks: np.ndarray):
     return Dataset(pa.table({"input_ids": column}))
 
 
+def _read_cache(cache_dir: Path):
+    """(blocks, report) from a cache entry, or None after removing an entry that is damaged.
+
+    The cache is llmtune's own derived data, so a damaged entry (a disk that filled up, a copy cut short,
+    a hand edit) is rebuilt with a warning rather than stopping the run. An Arrow file cut at a record
+    batch boundary loads without complaint but with fewer rows, so the rows are checked against the
+    block counts the report recorded when the entry was written.
+    """
+    from datasets import load_from_disk
+
+    try:
+        cached = json.loads(read_text_file(cache_dir / "report.json"))  # checked: never a FIFO
+        cached.update(from_cache=True)
+        report = TextDataReport(**cached)
+        dataset = load_from_disk(str(cache_dir / "blocks"))
+        rows = {name: dataset[name].num_rows for name in dataset}
+        if rows != report.blocks:
+            raise ValueError(f"{rows} blocks on disk, the report says {report.blocks}")
+        return dataset, report
+    except Exception as exc:  # any failure to read derived data means: derive it again
+        reason = str(exc).strip().split("\n")[0][:200] or type(exc).__name__
+        log.warning(
+            "warning: the tokenised-text cache %s is damaged (%s); removing it and tokenising again.",
+            cache_dir,
+            reason,
+        )
+        _remove(cache_dir)
+        return None
+
+
+def _remove(path: Path) -> None:
+    """Remove a cache entry, whatever it became (a folder, or a file or link in its place)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _write_cache(dataset: DatasetDict, report: TextDataReport, cache_dir: Path) -> None:
-    staging = cache_dir.with_name(cache_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    """Write a cache entry through a staging folder of this process's own, renamed into place whole, so
+    that a reader never sees half an entry and two runs tokenising the same data do not write into one
+    folder. The cache only saves time: a failure to write it (disk full, read-only home) is a warning."""
+    import os
+
+    staging = cache_dir.with_name(f"{cache_dir.name}.partial-{os.getpid()}")
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar
 
     disable_progress_bar()  # a "Saving the dataset" bar per split is noise before the data report
     try:
+        _remove(staging)
+        staging.mkdir(parents=True)
         dataset.save_to_disk(str(staging / "blocks"))
+        (staging / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
+        _remove(cache_dir)
+        staging.rename(cache_dir)
+    except OSError as exc:
+        if not (cache_dir / "report.json").is_file():  # else another run just wrote the same entry
+            log.warning(
+                "warning: could not write the tokenised-text cache %s (%s); continuing without it.",
+                cache_dir,
+                exc.strerror or exc,
+            )
     finally:
         enable_progress_bar()
-    (staging / "report.json").write_text(json.dumps(report.to_dict(), indent=1))
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    staging.rename(cache_dir)
+        _remove(staging)
 
 
 def collate_blocks(features: list[dict]) -> dict:

@@ -5,10 +5,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmtune.data.sources import BadRows, iter_json_rows, read_text_file
+from llmtune.data.sources import (
+    BadRows,
+    check_regular,
+    iter_json_rows,
+    read_text_file,
+    split_lines,
+    stat_input,
+)
 from llmtune.errors import LlmtuneError
 
 PROMPT_FIELDS = ("prompt", "instruction", "question", "input")
+KEY = "generate.prompts_file"
+
+
+class Prompt(str):
+    """A prompt that remembers where it came from (file and line), for messages about it."""
+
+    where: str = ""
+
+    @classmethod
+    def at(cls, text: str, where: str) -> Prompt:
+        prompt = cls(text)
+        prompt.where = where
+        return prompt
 
 
 def read_prompts(section) -> list[str]:
@@ -17,8 +37,11 @@ def read_prompts(section) -> list[str]:
     prompts = list(section.prompts)
     if section.prompts_file:
         path = Path(section.prompts_file)
+        # Checked here because the file is named directly (not through expand_sources): a folder, a FIFO
+        # or a missing file is a one-line error, never a hang or a traceback.
+        check_regular(path, stat_input(path, KEY), KEY)
         if path.suffix in (".jsonl", ".json"):
-            for where, row in iter_json_rows(path, "error", BadRows()):
+            for where, row in iter_json_rows(path, "error", BadRows(), key=None):
                 messages = row.get("messages") or row.get("conversations")
                 if isinstance(messages, list):  # a chat file: its first user turn
                     first = next(
@@ -30,7 +53,7 @@ def read_prompts(section) -> list[str]:
                         None,
                     )
                     if first is not None:
-                        prompts.append(str(first.get("content", first.get("value", ""))))
+                        prompts.append(Prompt.at(str(first.get("content", first.get("value", ""))), where))
                         continue
                 name = next((f for f in PROMPT_FIELDS if isinstance(row.get(f), str)), None)
                 if name is None:
@@ -38,9 +61,14 @@ def read_prompts(section) -> list[str]:
                 text = row[name]
                 if name == "instruction" and isinstance(row.get("input"), str) and row["input"].strip():
                     text += "\n\n" + row["input"]
-                prompts.append(text)
+                prompts.append(Prompt.at(text, where))
         else:
-            prompts += [line for line in read_text_file(path).splitlines() if line.strip()]
+            lines = split_lines(read_text_file(path, KEY))
+            prompts += [
+                Prompt.at(line, f"{path} line {n}") for n, line in enumerate(lines, 1) if line.strip()
+            ]
+        if len(prompts) == len(section.prompts):
+            raise LlmtuneError(f"{KEY}: {path} holds no prompts (it is empty or blank).")
     if not prompts:
         raise LlmtuneError("generate: no prompts; set generate.prompts or generate.prompts_file.")
     return prompts
@@ -85,6 +113,7 @@ def generate(model, tokenizer, prompts: list[str], section) -> list[dict]:
             inputs = tokenizer(
                 texts, return_tensors="pt", padding=True, add_special_tokens=not tokenizer.chat_template
             ).to(device)
+            _check_context(model, inputs, batch, start)
             with torch.no_grad():
                 out = model.generate(**inputs, generation_config=config)
             for prompt, sequence in zip(batch, out[:, inputs["input_ids"].shape[1] :], strict=True):
@@ -102,6 +131,25 @@ def generate(model, tokenizer, prompts: list[str], section) -> list[dict]:
     finally:
         tokenizer.padding_side = side
     return rows
+
+
+def _check_context(model, inputs, batch: list[str], first: int) -> None:
+    """Stop before generating from a prompt that does not fit in the model's position embeddings at all:
+    a model with learned positions crashes on it (an IndexError mid-run), others produce garbage after
+    quadratic time. (A prompt that fits but leaves less than max_new_tokens is generation's own
+    business: it often stops at EOS long before.)"""
+    from llmtune.evaluation.mcq import _context_limit
+
+    limit = _context_limit(model)
+    if not limit:
+        return
+    for index, length in enumerate(inputs["attention_mask"].sum(dim=1).tolist()):
+        if length >= limit:
+            where = getattr(batch[index], "where", "") or f"generate.prompts[{first + index}]"
+            raise LlmtuneError(
+                f"{where}: the prompt is {length} tokens, more than the model's context ({limit} tokens).",
+                hint="Shorten the prompt.",
+            )
 
 
 def write_jsonl(rows: list[dict], path: Path) -> None:

@@ -22,10 +22,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmtune.data.sources import BadRows, read_text_file, report_bad_row
+from llmtune.data.sources import BadRows, brief, read_text_file, report_bad_row
 from llmtune.errors import LlmtuneError
 
 LETTERS = "ABCD"
+KEY = "mcq.on_bad_rows"  # the recipe key that turns bad rows into counted skips
 # CMMLU's name_en2zh for the subjects shipped with the shared data; other subjects fall back to the
 # English words.
 CMMLU_SUBJECTS = {
@@ -77,10 +78,18 @@ def detect_layout(header: list[str]) -> str:
 def read_questions(path: Path, layout: str, on_bad_rows: str, bad: BadRows) -> QuestionFile:
     """Questions of one CSV file. Layouts: mmlu (header question,choice0..3,answer 0-3 or A-D),
     mmlu_original (hendrycks: no header, question,A,B,C,D,letter), cmmlu (,Question,A,B,C,D,Answer)."""
-    text = read_text_file(path).lstrip("\ufeff")
-    rows = list(csv.reader(io.StringIO(text)))
+    text = read_text_file(path)  # a leading BOM is dropped there
+    # io.StringIO splits lines on "\n" only (newline="\n"), so U+2028 and friends stay inside a cell.
+    reader = csv.reader(io.StringIO(text))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:  # e.g. a cell over csv's 128 KB field limit, a stray quote in strict mode
+        raise LlmtuneError(
+            f"{path} line {reader.line_num}: not valid CSV ({exc}).",
+            hint="Fix the line (a question cell is never that long; a quote may be unclosed).",
+        ) from None
     if not rows:
-        raise LlmtuneError(f"mcq.files: {path} is empty.")
+        raise LlmtuneError(f"{path} is empty: no header and no questions.")
     found = detect_layout(rows[0])
     if layout == "auto":
         layout = found
@@ -94,19 +103,23 @@ def read_questions(path: Path, layout: str, on_bad_rows: str, bad: BadRows) -> Q
         if not any(cell.strip() for cell in row):
             continue
         if len(row) < offset + 6:
-            report_bad_row(where, f"expected {offset + 6} columns, found {len(row)}", on_bad_rows, bad)
+            report_bad_row(where, f"expected {offset + 6} columns, found {len(row)}", on_bad_rows, bad, KEY)
             continue
         question, *options, answer = row[offset : offset + 6]
         answer = answer.strip()
-        if answer in LETTERS and answer:
+        # Exactly one label: `answer in LETTERS` alone is a substring test, and "AB" or "BCD" would be
+        # scored as their first letter.
+        if len(answer) == 1 and answer in LETTERS:
             index = LETTERS.index(answer)
         elif answer in ("0", "1", "2", "3"):
             index = int(answer)
         else:
-            report_bad_row(where, f"answer {answer!r} is not one of A-D or 0-3", on_bad_rows, bad)
+            report_bad_row(
+                where, f"answer {brief(answer, 20)} is not one of A-D or 0-3", on_bad_rows, bad, KEY
+            )
             continue
         if not question.strip():
-            report_bad_row(where, "empty question", on_bad_rows, bad)
+            report_bad_row(where, "empty question", on_bad_rows, bad, KEY)
             continue
         out.questions.append(Question(out.subject, question, options, index, where))
     return out

@@ -27,6 +27,7 @@ def evaluate_ner(run: Path, files: list[Path], section) -> dict:
             tag_column=section.tag_column,
             on_bad_rows=section.on_bad_rows,
             bad=bad,
+            key="ner.on_bad_rows",
         )
         if section.max_samples:
             sentences = sentences[: section.max_samples]

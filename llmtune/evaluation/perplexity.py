@@ -9,11 +9,14 @@ log-probabilities are summed and divided by the exact number of tokens predicted
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
 from llmtune.data.sources import BadRows, iter_json_rows, read_text_file
 from llmtune.errors import LlmtuneError
+
+log = logging.getLogger("llmtune")
 
 
 def sliding_windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -72,7 +75,7 @@ def read_documents(path: Path, text_field: str) -> list[str]:
     """A .txt file is one document; .jsonl/.json rows give one document each from `text_field`."""
     if path.suffix in (".jsonl", ".json"):
         docs = []
-        for where, row in iter_json_rows(path, "error", BadRows()):
+        for where, row in iter_json_rows(path, "error", BadRows(), key=None):  # perplexity has no skips
             value = row.get(text_field)
             if not isinstance(value, str):
                 raise LlmtuneError(
@@ -87,6 +90,21 @@ def evaluate_perplexity(model, tokenizer, files: list[Path], section) -> dict:
     """{"files": {path: {...}}, "nll", "perplexity", "tokens"}: per file and over all tokens."""
     from tqdm.auto import tqdm
 
+    from llmtune.evaluation.mcq import _context_limit
+
+    max_length, stride = section.max_length, section.stride
+    limit = _context_limit(model)
+    if limit and max_length > limit:
+        # Windows longer than the position embeddings crash a model with learned positions (an
+        # IndexError) and give meaningless scores on others: use the model's own context instead.
+        log.warning(
+            "note: perplexity.max_length %d is longer than the model's context (%d tokens); using windows "
+            "of %d tokens.",
+            max_length,
+            limit,
+            limit,
+        )
+        max_length, stride = limit, min(stride, limit)
     results, total, counted = {}, 0.0, 0
     for path in tqdm(files, desc="perplexity", unit="file", leave=False):
         docs = [d for d in read_documents(path, section.text_field) if d.strip()]
@@ -96,7 +114,7 @@ def evaluate_perplexity(model, tokenizer, files: list[Path], section) -> dict:
         if len(ids) < 2:
             raise LlmtuneError(f"perplexity.files: {path} is shorter than two tokens.")
         log_likelihood, tokens, windows = token_log_likelihood(
-            model, ids, max_length=section.max_length, stride=section.stride, batch_size=section.batch_size
+            model, ids, max_length=max_length, stride=stride, batch_size=section.batch_size
         )
         nll = -log_likelihood / tokens
         results[str(path)] = {"nll": nll, "perplexity": math.exp(nll), "tokens": tokens, "windows": windows}

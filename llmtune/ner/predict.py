@@ -4,9 +4,30 @@ Used by `llmtune lora-ner predict` and by `llmtune eval --ner`."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from llmtune.data.ner import entities
+from llmtune.data.sources import read_text_file, split_lines
+from llmtune.errors import LlmtuneError
 from llmtune.ner.encoding import split_long, word_starts
+
+
+def texts_to_tag(texts: list[str] | None, file: str | None) -> list[str]:
+    """The texts of `lora-ner predict`: its arguments, then the non-blank lines of `--file`.
+
+    The file is checked and read like every data file (a folder, a FIFO or a device is named as such, a
+    binary or non-UTF-8 file names the byte offset) and split on "\n" only, so a text holding U+2028
+    stays one text.
+    """
+    items = list(texts or [])
+    if file:
+        lines = [line for line in split_lines(read_text_file(Path(file), "--file")) if line.strip()]
+        if not lines:
+            raise LlmtuneError(f"--file {file} holds no text to tag (it is empty or blank).")
+        items += lines
+    if not items:
+        raise LlmtuneError("give text to tag as arguments or with --file.")
+    return items
 
 
 def tag_words(tagger, tokenizer, words: list[str], max_length: int) -> list[str]:

@@ -11,6 +11,7 @@ The CRF is pytorch-crf's (`torchcrf.CRF`); llmtune adds only what it lacks:
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import torch
@@ -172,7 +173,9 @@ def build_tagger(
     try:
         encoder = AutoModel.from_pretrained(encoder_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise LlmtuneError(f"cannot load {encoder_path} as an encoder: {str(exc).splitlines()[0]}") from None
+        raise LlmtuneError(
+            f"cannot load {encoder_path} as an encoder: {str(exc).strip().split(chr(10))[0]}"
+        ) from None
     tagger = Tagger(encoder, labels, use_crf=use_crf, scheme=scheme, dropout=dropout)
     return apply_peft(tagger, tagger_peft(peft, use_crf), task_type=None)
 
@@ -186,24 +189,126 @@ def save_tagger_config(
 
 
 def load_tagger(folder: Path):
-    """(tagger in eval mode, tokenizer, tagger config) from a lora-ner run folder."""
+    """(tagger in eval mode, tokenizer, tagger config) from a lora-ner run folder; a folder that is not
+    one, or whose files are damaged, is an error naming the file."""
+    import os
+
     from transformers import AutoModel, AutoTokenizer
 
+    from llmtune.data.sources import read_json_file, stat_input
+
     folder = Path(folder)
-    if not (folder / TAGGER_CONFIG).is_file():
+    if not stat.S_ISDIR(stat_input(folder, "--model").st_mode):
+        raise LlmtuneError(f"--model {folder} is a file; give the folder of a finished lora-ner run.")
+    if not os.path.lexists(folder / TAGGER_CONFIG):
         raise LlmtuneError(
             f"--model {folder}: no {TAGGER_CONFIG}; give the folder of a finished lora-ner run."
         )
-    config = json.loads((folder / TAGGER_CONFIG).read_text())
-    labels = json.loads((folder / LABELS_FILE).read_text())
-    encoder = AutoModel.from_pretrained(config["base_model"])
-    tagger = Tagger(encoder, labels, use_crf=config["use_crf"], scheme=config["scheme"])
-    if (folder / "adapter_config.json").is_file():
-        from peft import PeftModel
+    damaged = "The run folder looks damaged or incomplete: copy it again, or train the tagger again."
+    config = read_json_file(folder / TAGGER_CONFIG, what="tagger config", hint=damaged)
+    if not (isinstance(config, dict) and isinstance(config.get("base_model"), str)):
+        raise LlmtuneError(f"{folder / TAGGER_CONFIG}: no base_model in this tagger config.", hint=damaged)
+    labels = read_json_file(folder / LABELS_FILE, what="label list", hint=damaged)
+    if not (isinstance(labels, list) and labels and all(isinstance(t, str) for t in labels)):
+        raise LlmtuneError(f"{folder / LABELS_FILE}: not a list of tag names.", hint=damaged)
+    try:
+        encoder = AutoModel.from_pretrained(config["base_model"])
+    except (OSError, ValueError) as exc:
+        raise LlmtuneError(
+            f"{folder / TAGGER_CONFIG}: cannot load the base encoder {config['base_model']} "
+            f"({str(exc).strip().split(chr(10))[0][:200]}).",
+            hint="The tagger needs the encoder it was trained on, at that path (moved or deleted?).",
+        ) from None
+    tagger = Tagger(encoder, labels, use_crf=bool(config.get("use_crf")), scheme=config.get("scheme", "BIO"))
+    try:
+        if os.path.lexists(folder / "adapter_config.json"):
+            from peft import PeftModel
 
-        tagger = PeftModel.from_pretrained(tagger, str(folder))
-    else:
-        from safetensors.torch import load_file
+            from llmtune.adapters import read_adapter_config
 
-        tagger.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
-    return tagger.eval(), AutoTokenizer.from_pretrained(str(folder)), config
+            read_adapter_config(folder)  # a damaged config is named as such
+            tagger = PeftModel.from_pretrained(tagger, str(folder))
+        else:
+            from safetensors.torch import load_file
+
+            weights = folder / "model.safetensors"
+            stat_input(weights, "--model")
+            tagger.load_state_dict(load_file(str(weights)), strict=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except LlmtuneError:
+        raise
+    except Exception as exc:  # SafetensorError, a tokenizer file cut short, a head of another size ...
+        if isinstance(exc, MemoryError):
+            raise
+        raise LlmtuneError(
+            f"--model {folder}: cannot load the trained tagger ({type(exc).__name__}: "
+            f"{str(exc).strip().split(chr(10))[0][:200]}).",
+            hint=damaged,
+        ) from None
+    return tagger.eval(), tokenizer, config
+
+
+# Encoders whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
+# of max_position_embeddings positions, pad_token_id + 1 are never used by a real token.
+_OFFSET_POSITIONS = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "longformer",
+    "ibert",
+    "data2vec-text",
+    "mpnet",
+    "luke",
+    "markuplm",
+    "roberta-prelayernorm",
+    "xmod",
+    "lilt",
+    "layoutlmv3",
+}
+
+
+def position_limit(config) -> int | None:
+    """The longest input (in sub-tokens, special tokens included) the encoder's position embeddings
+    cover, or None when it has no such limit (relative positions only, e.g. DeBERTa-v3)."""
+    if getattr(config, "position_biased_input", True) is False:
+        return None
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if config.model_type in _OFFSET_POSITIONS:
+        pad = getattr(config, "pad_token_id", None)
+        limit -= (pad if isinstance(pad, int) and pad >= 0 else 1) + 1
+    return limit
+
+
+def check_max_length(encoder, max_length: int, trust_remote_code: bool = False) -> None:
+    """Stop before any weights load when data.max_length exceeds what the encoder's position embeddings
+    cover: longer windows would index past the embedding table (an IndexError, or a device-side assert
+    on a GPU) in the middle of training, or run on positions the model never learned. `encoder` is a
+    path, or a resolved model (with .path and .name)."""
+    from transformers import AutoConfig
+
+    name = getattr(encoder, "name", None) or str(encoder)
+    try:
+        config = AutoConfig.from_pretrained(
+            getattr(encoder, "path", encoder), trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise LlmtuneError(
+            f"cannot read the config of {name}: {str(exc).strip().split(chr(10))[0][:200]}"
+        ) from None
+    limit = position_limit(config)
+    if limit is not None and max_length > limit:
+        raise LlmtuneError(
+            f"data.max_length {max_length} is longer than {name} can take: its position "
+            f"embeddings cover {limit} sub-tokens (config.max_position_embeddings "
+            f"{config.max_position_embeddings}"
+            + (
+                f", of which {config.max_position_embeddings - limit} are reserved"
+                if config.max_position_embeddings != limit
+                else ""
+            )
+            + ").",
+            hint=f"Set data.max_length to {limit} or less; longer sentences are split into windows.",
+        )

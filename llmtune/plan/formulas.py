@@ -40,20 +40,32 @@ _UNITS = {
 }
 
 
-def parse_memory(text: str) -> int:
-    """Bytes in a size such as `24GiB`, `80GB`, `512MB`, `1.5T` or `1000000`.
+def parse_memory(text: str, what: str = "memory size") -> int:
+    """Bytes in a size such as `24GiB`, `80GB`, `512MB`, `1.5T` or `1000000`; `what` names the value in
+    messages (the flag it came from, e.g. --device-memory).
 
     KB/MB/GB/TB are decimal (10^9), KiB/MiB/GiB/TiB and the bare K/M/G/T binary (2^30), as `docker -m`
     reads them. A card sold as "24 GB" holds 24 GiB: write 24GiB for it.
     """
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    given = str(text)
+    shown = repr(given) if len(given) <= 40 else repr(given[:30]) + f"... ({len(given):,} chars)"
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", given)
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
         raise LlmtuneError(
-            f"memory size {text!r}: expected a number and a unit, e.g. 24GiB, 80GB, 512MB (GB = 10^9 bytes, "
+            f"{what} {shown}: expected a number and a unit, e.g. 24GiB, 80GB, 512MB (GB = 10^9 bytes, "
             "GiB = 2^30 bytes)."
         )
-    return int(float(match.group(1)) * _UNITS[unit])
+    size = float(match.group(1)) * _UNITS[unit]
+    # No device holds a zettabyte; a number that large is a typo (and float('1e400') is inf).
+    if not size < _MAX_MEMORY:
+        raise LlmtuneError(f"{what} {shown}: too large; give the memory of one device, e.g. 80GB.")
+    if int(size) <= 0:
+        raise LlmtuneError(f"{what} {shown}: must be more than 0 bytes, e.g. 24GiB.")
+    return int(size)
+
+
+_MAX_MEMORY = 2.0**70
 
 
 def zero_model_states(

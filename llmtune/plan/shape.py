@@ -3,12 +3,12 @@ counted with and without the recipe's adapter."""
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmtune.errors import LlmtuneError
+from llmtune.errors import LlmtuneError, first_line
 
 
 @dataclass(frozen=True)
@@ -63,18 +63,32 @@ def model_config(section):
     folder = Path(resolved.path)
     if (folder / "adapter_config.json").is_file():
         # An earlier llmtune run: training loads its base with the adapter merged in.
-        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base:
+        from llmtune.recipe.yaml12 import load_json_file
+
+        adapter = load_json_file(folder / "adapter_config.json", "adapter config")
+        base = adapter.get("base_model_name_or_path") if isinstance(adapter, dict) else None
+        if not isinstance(base, str) or not base:
             raise LlmtuneError(f"{folder}/adapter_config.json names no base_model_name_or_path.")
         config, _, _ = model_config(section.model_copy(update={"name_or_path": base, "gguf_file": None}))
         return config, name, resolved.source
+    config_file = folder / "config.json"
+    if not resolved.gguf_file and os.path.lexists(config_file):
+        # Read once bounded first: transformers would block on a FIFO, read /dev/zero forever, or die of
+        # a RecursionError on a deeply nested file.
+        from llmtune.recipe.yaml12 import load_json_file
+
+        load_json_file(config_file, "model config")
     kwargs = {"trust_remote_code": section.trust_remote_code}
     if resolved.gguf_file:
         kwargs["gguf_file"] = resolved.gguf_file
     try:
         return AutoConfig.from_pretrained(folder, **kwargs), name, resolved.source
+    except RecursionError:  # a config.json nested deeper than the JSON decoder goes
+        raise LlmtuneError(
+            f"cannot read the config of {name}: its config.json is nested too deeply."
+        ) from None
     except (OSError, ValueError) as exc:
-        raise LlmtuneError(f"cannot read the config of {name}: {str(exc).splitlines()[0]}") from None
+        raise LlmtuneError(f"cannot read the config of {name}: {first_line(exc)}") from None
 
 
 def _demo_gguf_config(alias: str):
@@ -103,7 +117,7 @@ def _meta_model(config, section):
             return AutoModelForCausalLM.from_config(config, trust_remote_code=section.trust_remote_code)
     except ValueError as exc:
         raise LlmtuneError(
-            f"cannot build {type(config).__name__} as a causal LM: {str(exc).splitlines()[0]}"
+            f"cannot build {type(config).__name__} as a causal LM: {first_line(exc)}"
         ) from None
 
 

@@ -16,7 +16,13 @@ the same thing from wherever it is run); relative paths given with `--set` are r
 folder. `train.output_dir` is an output, and relative to the current folder in both cases, so that a
 recipe on a read-only mount (a Kaggle input, say) still writes its run where the user is.
 
-The package, one concern a module: yaml12.py (reading the file), base.py (Section, OneOrMany, input
+Reading is bounded (yaml12.py): a regular file of at most 1 MiB, at most 10,000 values with aliases
+expanded, 100 levels deep, each key once; numbers are finite and within the bounds each key needs, checked
+at load for every section and for the trainer's own `train:` keys (train_keys.py); `~` is expanded in every
+input and output path; and each problem is blamed on the recipe line or the `--set` that gave the value.
+`Recipe.to_yaml()` (a run folder's recipe.yaml) loads back to the same recipe.
+
+The package, one concern a module: yaml12.py (reading the file, bounded), base.py (Section, OneOrMany, input
 paths, the Recipe base), model.py / peft.py / data.py / training.py (the shared sections), recipes.py
 (each training command's recipe and the sections only it has), eval.py (llmtune eval's recipe),
 legacy.py (names from other tools and older transformers), train_keys.py (train: checked against HF's

@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from llmtune.recipe.base import InputPath, OneOrMany, Section
+from llmtune.recipe.base import InputPath, OneOrMany, Section, Seed
 from llmtune.recipe.legacy import CHAT_DATA_KEY_ALIASES
 
 
@@ -41,7 +41,7 @@ class TextDataSection(Section):
         description="document: a seeded random share of documents; character: the last share of the "
         "joined text (the LLMs-from-scratch split).",
     )
-    seed: int = Field(42, description="Seed of the document-level validation split.")
+    seed: Seed = Field(42, description="Seed of the document-level validation split.")
     text_field: str = Field("text", description="Field holding the text in .jsonl/.json rows.")
     txt_document: Literal["line", "paragraph", "file"] = Field(
         "line",
@@ -103,7 +103,7 @@ class ChatDataSection(Section):
     )
     validation_files: OneOrMany[InputPath] = Field(default_factory=list)
     validation_split: float = Field(0.0, ge=0, lt=1)
-    seed: int = 42
+    seed: Seed = 42
     format: Literal[
         "auto",
         "alpaca",

@@ -6,14 +6,23 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from llmtune.recipe.base import InputPath, OneOrMany, Recipe, Section
+from llmtune.recipe.base import (
+    InputFile,
+    InputFolder,
+    InputPath,
+    OneOrMany,
+    OutputPath,
+    Recipe,
+    Section,
+    Seed,
+)
 from llmtune.recipe.model import ModelSection
 
 
 class EvalSection(Section):
     """How `llmtune eval` runs: where results go, the chat template, two models to compare."""
 
-    output_dir: str | None = Field(
+    output_dir: OutputPath | None = Field(
         None, description="Results folder (default: runs/eval-<date>-<time>); never overwritten silently."
     )
     compare: list[str] | None = Field(
@@ -71,7 +80,7 @@ class GenerateTaskSection(Section):
     """Answers to prompts through the chat template."""
 
     prompts: OneOrMany[str] = Field(default_factory=list)
-    prompts_file: InputPath | None = Field(
+    prompts_file: InputFile | None = Field(
         None, description="A .txt file (one prompt per line) or .jsonl rows."
     )
     system: str | None = None
@@ -81,7 +90,7 @@ class GenerateTaskSection(Section):
     top_k: int = Field(50, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0)
-    seed: int = 0
+    seed: Seed = 0
     batch_size: int = Field(4, gt=0)
 
 
@@ -89,7 +98,7 @@ class NerTaskSection(Section):
     """Entity F1 of a lora-ner run."""
 
     files: OneOrMany[InputPath] = Field(..., min_length=1)
-    model: InputPath | None = Field(
+    model: InputFolder | None = Field(
         None, description="The lora-ner run (default: the model under evaluation)."
     )
     format: Literal["auto", "conll", "span_json"] = "auto"

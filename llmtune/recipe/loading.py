@@ -1,10 +1,13 @@
 """A recipe file → a validated recipe: `--set` overrides merged into the raw mapping before validation (so
-every error comes from one place), relative input paths resolved, `train:` keys checked, problems reported
-together."""
+every error comes from one place), relative input paths resolved and `~` expanded, `train:` keys checked,
+numbers checked, problems reported together, each blamed on the recipe line or the `--set` it came from."""
 
 from __future__ import annotations
 
+import glob
+import math
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +15,24 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmtune.errors import LlmtuneError, did_you_mean
-from llmtune.recipe.base import Recipe, is_input_path, submodel
+from llmtune.recipe.base import Recipe, input_path_kind, is_input_path, is_output_path, submodel
 from llmtune.recipe.eval import EvalRecipe, EvalSection
 from llmtune.recipe.messages import describe_validation_error, format_problems
 from llmtune.recipe.model import ModelSection
 from llmtune.recipe.recipes import DpoRecipe, NerRecipe, PretrainRecipe, SftRecipe
 from llmtune.recipe.train_keys import check_train_keys
-from llmtune.recipe.yaml12 import load_yaml, load_yaml_file
+from llmtune.recipe.training import TrainSection
+from llmtune.recipe.yaml12 import (
+    Lines,
+    YamlLimitError,
+    blocking_file,
+    load_yaml,
+    load_yaml_file,
+    load_yaml_file_with_lines,
+    shown,
+    shown_repr,
+    special_kind,
+)
 
 # The recipe class of each command that reads one.
 RECIPES: dict[str, type[Recipe]] = {
@@ -38,8 +52,9 @@ def load_recipe(
     `LlmtuneError` listing all the bad keys."""
     if isinstance(recipe_class, str):
         recipe_class = RECIPES[recipe_class]
-    raw = load_yaml_file(Path(path))
-    return recipe_from_mapping(raw, recipe_class, str(path), Path(path).resolve().parent, overrides)
+    raw, lines = load_yaml_file_with_lines(Path(path))
+    base_dir = Path(os.path.expanduser(path)).resolve().parent
+    return recipe_from_mapping(raw, recipe_class, str(path), base_dir, overrides, lines=lines)
 
 
 def recipe_kind(path: str | os.PathLike, allowed: tuple[str, ...] = tuple(RECIPES)) -> str:
@@ -72,8 +87,11 @@ def recipe_from_mapping(
     source: str,
     base_dir: Path,
     overrides: list[str] | None = None,
+    *,
+    lines: Lines | None = None,
 ) -> Recipe:
-    """`load_recipe` for a mapping built in code (e.g. from command-line flags); paths relative to `base_dir`."""
+    """`load_recipe` for a mapping built in code (e.g. from command-line flags); paths relative to `base_dir`.
+    `lines` (where each key was written, from the file) lets messages name the line."""
     given: dict[str, str] = {}
     _resolve_input_paths(raw, recipe_class, base_dir, given)
     override_keys: dict[str, str] = {}
@@ -84,33 +102,50 @@ def recipe_from_mapping(
         value = _absolute_override_path(key, value, recipe_class, given)
         _set_dotted(raw, key, value)
 
+    _expand_output_paths(raw, recipe_class)
+
     notes: list[str] = []
-    problems: list[str] = []
+    # Numbers no setting can take, anywhere (free-form keys such as model.from_config and
+    # train.lr_scheduler_kwargs too). A non-finite float is reported here and not again by the type
+    # checks below; a huge integer only where those checks (which know the key's own bound) are silent.
+    non_finite, huge = _impossible_numbers(raw)
+    problems: list[str] = non_finite + _path_problems(raw, recipe_class, given)
+    reported = {_key_of(line) for line in non_finite}
+    later: list[str] = []
     if isinstance(raw.get("train"), dict):
-        raw["train"] = check_train_keys(raw["train"], recipe_class.train_arguments, notes, problems)
+        raw["train"] = check_train_keys(raw["train"], recipe_class.train_arguments, notes, later)
     try:
         recipe = recipe_class.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(describe_validation_error(exc, recipe_class))
+        later.extend(describe_validation_error(exc, recipe_class))
+    problems += [line for line in later if _key_of(line) not in reported]
+    problems += [line for line in huge if _key_of(line) not in {_key_of(other) for other in later}]
     if problems:
-        raise LlmtuneError(format_problems(problems, source, override_keys))
+        raise LlmtuneError(format_problems(problems, source, override_keys, lines or {}))
     recipe._source = source
     recipe._notes = notes
     recipe._given_paths = given
+    recipe._overrides = list(overrides or [])
     return recipe
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
-        raise LlmtuneError(f"--set {item!r}: expected section.key=value, e.g. --set train.learning_rate=1e-4")
+        raise LlmtuneError(
+            f"--set {shown_repr(item)}: expected section.key=value, e.g. --set train.learning_rate=1e-4"
+        )
     key, _, text = item.partition("=")
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise LlmtuneError(f"--set {item!r}: expected section.key=value, e.g. --set train.learning_rate=1e-4")
+        raise LlmtuneError(
+            f"--set {shown_repr(item)}: expected section.key=value, e.g. --set train.learning_rate=1e-4"
+        )
     try:
         value = load_yaml(text) if text.strip() else None
     except yaml.YAMLError:
         value = text  # not valid YAML on its own: take it as a plain string, the schema will judge it
+    except YamlLimitError as exc:  # valid YAML, but too big, too deep, an alias bomb, a duplicate key
+        raise LlmtuneError(f"--set {shown(item)}: {exc.problem}.") from None
     return key, value
 
 
@@ -216,3 +251,126 @@ def _absolute_override_path(key: str, value: Any, recipe_class: type[BaseModel],
         return _resolve_one(v, cwd, given)
 
     return [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
+
+
+# ------------------------------------------------------------------------------------------ checks
+# Trainer keys that hold a path (HF expands `~` in output_dir only, and that after llmtune has made the
+# run folder: a run would be split between `./~/x` and `$HOME/x`).
+TRAIN_PATH_KEYS = ("resume_from_checkpoint", "deepspeed", "fsdp_config", "accelerator_config")
+# What a local model path must be: "model" = a folder, or a .gguf file.
+_MODEL_PATH_KINDS = {"name_or_path": "model", "tokenizer": "folder", "gguf_file": "file"}
+
+
+def _sections(raw: dict[str, Any], recipe_class: type[BaseModel]):
+    """(section name, its class, its mapping) for every section of `raw` that is a mapping."""
+    for section_name, section_value in raw.items():
+        field = _section_field(recipe_class, section_name)
+        section_class = submodel(field.annotation) if field else None
+        if section_class is not None and isinstance(section_value, dict):
+            yield section_name, section_class, section_value
+
+
+def _expand_output_paths(raw: dict[str, Any], recipe_class: type[BaseModel]) -> None:
+    """`~` in the paths llmtune writes to, from the file or a --set alike, so that everything after
+    loading (and the trainer) sees one folder."""
+    for _, section_class, section in _sections(raw, recipe_class):
+        for key, value in section.items():
+            field = _section_field(section_class, key)
+            is_path = (field is not None and is_output_path(field)) or (
+                section_class is TrainSection and key in TRAIN_PATH_KEYS
+            )
+            if is_path and isinstance(value, str):
+                section[key] = os.path.expanduser(value)
+
+
+# No setting anywhere takes an integer beyond int64 (a C long in torch, numpy and the tokenizers);
+# declared keys have tighter bounds (base.INT_LIMIT, train_keys.NUMBER_RULES).
+_INT64 = 2**63 - 1
+
+
+def _key_of(problem: str) -> str:
+    return problem.split(":", 1)[0]
+
+
+def _impossible_numbers(raw: Any) -> tuple[list[str], list[str]]:
+    """("key: problem" for every NaN or infinite float, the same for every integer beyond int64) in
+    `raw`, walked without recursion."""
+    found: list[str] = []
+    huge: list[str] = []
+    stack: list[tuple[str, Any]] = [("", raw)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(f"{shown(key)}: expected a finite number, got {_yaml_float(value)}")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > _INT64:
+            digits = len(str(abs(value)))
+            huge.append(
+                f"{shown(key)}: a {digits}-digit integer is too large for any setting (at most 2**63 - 1)"
+            )
+        elif isinstance(value, dict):
+            stack.extend((f"{key}.{k}" if key else str(k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{key}.{i}", v) for i, v in reversed(list(enumerate(value))))
+    return found, huge
+
+
+def _yaml_float(value: float) -> str:
+    """A non-finite float as YAML writes it."""
+    return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+
+
+def _path_problems(raw: dict[str, Any], recipe_class: type[BaseModel], given: dict[str, str]) -> list[str]:
+    """Input paths that exist but are the wrong kind of thing: a FIFO or a device (which a reader would
+    block on or never finish), a file where a folder is needed or the reverse, a path through a file.
+    A path that does not exist is left to the code that reads it (it may be a glob, or reported with
+    the other missing inputs)."""
+    problems = []
+    for section_name, section_class, section in _sections(raw, recipe_class):
+        for key, value in section.items():
+            field = _section_field(section_class, key)
+            if field is None:
+                continue
+            kind = input_path_kind(field)
+            if kind is None and section_class is ModelSection:
+                kind = _MODEL_PATH_KINDS.get(key)
+            elif kind is None and section_class is EvalSection and key == "compare":
+                kind = "any"
+            if kind is None:
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                # Local paths are absolute by now; a relative model name is a hub id or a demo alias.
+                if not isinstance(item, str) or not os.path.isabs(item):
+                    continue
+                problem = _path_kind_problem(item, kind)
+                if problem:
+                    shown_path = given.get(item, item)
+                    where = f"'{shown(shown_path)}'" + (
+                        f" (looked for at {item})" if shown_path != item else ""
+                    )
+                    problems.append(f"{section_name}.{key}: {where} {problem}")
+    return problems
+
+
+def _path_kind_problem(path: str, kind: str) -> str | None:
+    if glob.has_magic(path):
+        return None  # a pattern: the reader expands it
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        blocker = blocking_file(Path(path))
+        return f"cannot exist: {blocker} is a file, not a folder" if blocker else "cannot exist"
+    except ValueError:
+        return "cannot be a path: it contains a NUL byte"
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if stat.S_ISDIR(mode):
+        return "is a folder; give a file" if kind == "file" else None
+    if stat.S_ISREG(mode):
+        if kind == "folder":
+            return "is a file; give a folder"
+        if kind == "model" and not path.endswith(".gguf"):
+            return "is a file, not a model folder; give the folder that holds config.json (or a .gguf file)"
+        return None
+    return f"is not a regular file: it is {special_kind(mode)}; give a file or a folder"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from llmtune.recipe.base import OneOrMany, Section
 from llmtune.recipe.legacy import PEFT_KEY_ALIASES
@@ -103,6 +103,15 @@ class PeftSection(Section):
                 "e.g. [lm_head]) or peft.trainable_last_layers (e.g. 2)"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _only_the_keys_the_method_reads(self, handler) -> dict[str, Any]:
+        """Dumped (the run folder's recipe.yaml, --print-config), the section holds `method` and the keys
+        that method reads: the others are defaults it ignores, and written out they would be keys that
+        check_keys_apply_to_the_method rejects when the recipe is loaded again."""
+        data = handler(self)
+        reads = METHOD_KEYS[self.method]
+        return {key: value for key, value in data.items() if key == "method" or key in reads}
 
     @property
     def is_prompt_learning(self) -> bool:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmtune.recipe.base import InputPath, Section
+from llmtune.recipe.base import InputFile, OutputPath, Section
 
 
 class TrainSection(BaseModel):
@@ -18,10 +18,21 @@ class TrainSection(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow")
-    output_dir: str = Field(..., description="Run folder (relative to the current folder).")
+    output_dir: OutputPath = Field(
+        ..., description="Run folder (relative to the current folder; ~ expanded)."
+    )
+    nan_patience: int = Field(
+        0,
+        ge=0,
+        description="Non-finite (NaN/inf) training steps in a row tolerated before the run stops "
+        "(0: stop at the first; fp16 loss scaling may need a few).",
+    )
+
+    # llmtune's own keys, not passed to the trainer
+    LLMTUNE_KEYS: ClassVar[tuple[str, ...]] = ("nan_patience",)
 
     def trainer_kwargs(self) -> dict[str, Any]:
-        return self.model_dump()
+        return self.model_dump(exclude=set(self.LLMTUNE_KEYS))
 
 
 class LaunchSection(Section):
@@ -35,7 +46,7 @@ class LaunchSection(Section):
     node_rank: int = Field(0, ge=0)
     main_process_ip: str | None = None
     main_process_port: int = Field(29500, gt=0, lt=65536)
-    accelerate_config: InputPath | None = Field(None, description="Your own accelerate config file.")
+    accelerate_config: InputFile | None = Field(None, description="Your own accelerate config file.")
 
 
 class EarlyStoppingSection(Section):

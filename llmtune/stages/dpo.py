@@ -29,11 +29,13 @@ from llmtune.models import load_causal_lm, load_tokenizer, resolve_dtype, resolv
 from llmtune.recipe import DpoRecipe
 from llmtune.run_folder import RunFolder
 from llmtune.training import (
+    TRAINING_PHASES,
     quiet_datasets,
     run_training,
     save_trained,
     standard_callbacks,
     training_arguments,
+    write_training_metrics,
 )
 
 log = logging.getLogger("llmtune")
@@ -118,7 +120,10 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
         datasets = {name: unpair_preference_dataset(ds) for name, ds in datasets.items()}
 
     data = {"files": report.files, "formats": report.formats, "examples": report.examples}
-    with folder.open(recipe, data_report=report.to_dict(), data=data, log_lines=report.lines()) as run:
+    with folder.open(
+        recipe, data_report=report.to_dict(), data=data, log_lines=report.lines(), phases=TRAINING_PHASES
+    ) as run:
+        run.phase("model")
         # ---- model (+ adapter) and reference
         set_seed(train_kwargs.get("seed", 42))
         dtype = resolve_dtype(recipe.model.dtype)
@@ -185,8 +190,10 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
                 **trainer_kwargs,
             )
         train_output = run_training(trainer, recipe, run)
+        save_trained(trainer, run)  # the trained weights first: what follows can be interrupted
 
         # ---- results
+        run.phase("final_eval")
         results = {
             "algorithm": recipe.dpo.algorithm,
             "train_loss": train_output.training_loss,
@@ -201,7 +208,7 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
                     results[key.replace("/", "_")] = final[key]
                 if evals and key in evals[0]:
                     results[key.replace("/", "_") + "_first"] = evals[0][key]
-        save_trained(trainer, run, title=f"dpo: {Path(recipe.source).name}")
+        write_training_metrics(trainer, run, title=f"dpo: {Path(recipe.source).name}")
         return run.finish(results)
 
 

@@ -23,7 +23,7 @@ from llmtune.data.sources import BadRows, expand_sources
 from llmtune.errors import LlmtuneError
 from llmtune.evaluation import report as reports
 from llmtune.recipe import EvalRecipe
-from llmtune.run_folder import RunFolder
+from llmtune.run_folder import RunFolder, recipe_inputs
 
 log = logging.getLogger("llmtune")
 LM_TASKS = ("perplexity", "mcq", "generate")
@@ -43,9 +43,16 @@ class Inputs:
 
 def run(recipe: EvalRecipe, *, overwrite: bool = False) -> dict:
     names = _model_names(recipe)
+    default = recipe.eval.output_dir is None  # a timestamped name: made unique, two evals may start together
     output_dir = recipe.eval.output_dir or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
     folder = RunFolder.check(
-        output_dir, command="eval", key="eval.output_dir", overwrite=overwrite, staged=True
+        output_dir,
+        command="eval",
+        key="eval.output_dir",
+        overwrite=overwrite,
+        staged=True,
+        inputs=[*recipe_inputs(recipe), *names],
+        unique=default,
     )
     inputs = _read_inputs(recipe)
 
@@ -82,7 +89,12 @@ def _model_names(recipe: EvalRecipe) -> list[str]:
 
 
 def _read_inputs(recipe: EvalRecipe) -> Inputs:
+    from llmtune.data.templates import check_jinja
     from llmtune.evaluation.generation import read_prompts
+
+    template = recipe.eval.template
+    if isinstance(template, str) and ("{%" in template or "{{" in template):
+        check_jinja(template, "eval.template")  # before any model loads
     from llmtune.evaluation.mcq import read_questions
 
     describe = recipe.describe_path

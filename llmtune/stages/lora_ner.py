@@ -22,10 +22,17 @@ from llmtune.manifest import model_entry
 from llmtune.models import resolve_model_source
 from llmtune.ner.encoding import TaggingCollator, encode, read_sentences
 from llmtune.ner.metrics import metrics_function
-from llmtune.ner.tagger import build_tagger, save_tagger_config
+from llmtune.ner.tagger import build_tagger, check_max_length, save_tagger_config
 from llmtune.recipe import NerRecipe
 from llmtune.run_folder import RunFolder
-from llmtune.training import run_training, save_trained, standard_callbacks, training_arguments
+from llmtune.training import (
+    TRAINING_PHASES,
+    check_saved_weights,
+    run_training,
+    standard_callbacks,
+    training_arguments,
+    write_training_metrics,
+)
 
 log = logging.getLogger("llmtune")
 
@@ -42,11 +49,13 @@ def run(recipe: NerRecipe, *, overwrite: bool = False, resume: bool = False) -> 
     if not tokenizer.is_fast:
         raise LlmtuneError(f"{resolved.name}: lora-ner needs a fast tokenizer (for word alignment).")
     datasets, labels, report, lines = _read_data(recipe, tokenizer)
+    check_max_length(resolved, recipe.data.max_length, recipe.model.trust_remote_code)
     for line in lines:
         log.info(line)
 
     data = {"files": report["files"], "sentences": report["sentences"]}
-    with folder.open(recipe, data_report=report, data=data, log_lines=lines) as run:
+    with folder.open(recipe, data_report=report, data=data, log_lines=lines, phases=TRAINING_PHASES) as run:
+        run.phase("model")
         # ---- model
         set_seed(train_kwargs.get("seed", 42))
         model = build_tagger(
@@ -109,6 +118,22 @@ def run(recipe: NerRecipe, *, overwrite: bool = False, resume: bool = False) -> 
         )
         output = run_training(trainer, recipe, run)
 
+        def save(folder):
+            trainer.save_model(str(folder))
+            tokenizer.save_pretrained(folder)
+            save_tagger_config(
+                folder,
+                base=str(resolved.path),
+                labels=labels,
+                use_crf=recipe.ner.use_crf,
+                scheme=recipe.data.scheme,
+                extra={"unit": report["unit"], "max_length": recipe.data.max_length},
+            )
+
+        # the trained tagger first (the best checkpoint's, when loaded at the end): evaluation can be interrupted
+        run.save_weights(save, check=check_saved_weights)
+        run.phase("final_eval")
+
         # ---- results
         runtime = output.metrics.get("train_runtime") or 1e-9
         # real sub-tokens (no padding) of the training examples, times the epochs trained
@@ -124,16 +149,7 @@ def run(recipe: NerRecipe, *, overwrite: bool = False, resume: bool = False) -> 
             results.update(_scores(trainer.evaluate(), "eval_"))
         if "test" in datasets:
             results.update(_scores(trainer.evaluate(datasets["test"], metric_key_prefix="test"), "test_"))
-        tokenizer.save_pretrained(run.dir)
-        save_tagger_config(
-            run.dir,
-            base=str(resolved.path),
-            labels=labels,
-            use_crf=recipe.ner.use_crf,
-            scheme=recipe.data.scheme,
-            extra={"unit": report["unit"], "max_length": recipe.data.max_length},
-        )
-        save_trained(trainer, run, title=f"lora-ner: {Path(recipe.source).name}")
+        write_training_metrics(trainer, run, title=f"lora-ner: {Path(recipe.source).name}")
         return run.finish(results, quiet=("eval_f1_", "test_f1_"))
 
 

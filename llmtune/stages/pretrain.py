@@ -22,7 +22,14 @@ from llmtune.models import load_causal_lm, load_tokenizer, max_positions, resolv
 from llmtune.outputs import metrics_from_log_history
 from llmtune.recipe import PretrainRecipe
 from llmtune.run_folder import RunFolder
-from llmtune.training import run_training, save_trained, standard_callbacks, training_arguments
+from llmtune.training import (
+    TRAINING_PHASES,
+    run_training,
+    save_trained,
+    standard_callbacks,
+    training_arguments,
+    write_training_metrics,
+)
 
 log = logging.getLogger("llmtune")
 
@@ -45,7 +52,10 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
         log.info(line)
 
     data = {"files": report.files, "cache_key": report.cache_key, "tokens": report.tokens}
-    with folder.open(recipe, data_report=report.to_dict(), data=data, log_lines=report.lines()) as run:
+    with folder.open(
+        recipe, data_report=report.to_dict(), data=data, log_lines=report.lines(), phases=TRAINING_PHASES
+    ) as run:
+        run.phase("model")
         # ---- model (+ adapter)
         set_seed(train_kwargs.get("seed", 42))  # from-config weights and LoRA init depend on it
         quantization = quantization_config(recipe.peft, resolve_dtype(recipe.model.dtype))
@@ -104,8 +114,10 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
             callbacks=callbacks,
         )
         train_output = run_training(trainer, recipe, run)
+        save_trained(trainer, run)  # the trained weights first: what follows can be interrupted
 
         # ---- results
+        run.phase("final_eval")
         results = {
             "train_loss": train_output.training_loss,
             "global_step": trainer.state.global_step,
@@ -127,5 +139,5 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
             if evals:
                 results["eval_loss_first"] = evals[0]["eval_loss"]
                 results["eval_perplexity_first"] = math.exp(evals[0]["eval_loss"])
-        save_trained(trainer, run, title=f"pretrain: {Path(recipe.source).name}")
+        write_training_metrics(trainer, run, title=f"pretrain: {Path(recipe.source).name}")
         return run.finish(results)

@@ -25,12 +25,14 @@ from llmtune.outputs import metrics_from_log_history
 from llmtune.recipe import SftRecipe
 from llmtune.run_folder import RunFolder
 from llmtune.training import (
+    TRAINING_PHASES,
     TokenCounter,
     quiet_datasets,
     run_training,
     save_trained,
     standard_callbacks,
     training_arguments,
+    write_training_metrics,
 )
 
 log = logging.getLogger("llmtune")
@@ -53,7 +55,10 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
         log.info(line)
 
     data = {"files": report.files, "formats": report.formats, "examples": report.examples}
-    with folder.open(recipe, data_report=report.to_dict(), data=data, log_lines=report.lines()) as run:
+    with folder.open(
+        recipe, data_report=report.to_dict(), data=data, log_lines=report.lines(), phases=TRAINING_PHASES
+    ) as run:
+        run.phase("model")
         # ---- model (+ adapter)
         set_seed(train_kwargs.get("seed", 42))
         dtype = resolve_dtype(recipe.model.dtype)
@@ -137,8 +142,10 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
                 if param.requires_grad:
                     param.data = param.data.float()
         train_output = run_training(trainer, recipe, run)
+        save_trained(trainer, run)  # the trained weights first: what follows can be interrupted
 
         # ---- results
+        run.phase("final_eval")
         results = {
             "train_loss": train_output.training_loss,
             "global_step": trainer.state.global_step,
@@ -157,13 +164,14 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
             if evals:
                 results["eval_loss_first"] = evals[0]["eval_loss"]
         if recipe.samples:
+            run.phase("samples")
             samples["after"] = generate_samples(trainer.model, tokenizer, recipe.samples)
             run.write_json("samples.json", _sample_table(recipe.samples.prompts, samples))
             for prompt, before, after in zip(
                 recipe.samples.prompts, samples["before"], samples["after"], strict=True
             ):
                 log.info("prompt: %s\n  before: %s\n  after:  %s", prompt, before, after)
-        save_trained(trainer, run, title=f"sft: {Path(recipe.source).name}")
+        write_training_metrics(trainer, run, title=f"sft: {Path(recipe.source).name}")
         return run.finish(results)
 
 

@@ -100,6 +100,12 @@ def test_out_is_protected_and_replaced_only_with_overwrite(lora_run, tmp_path, c
     out = tmp_path / "merged"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
+    # a folder llmtune did not make is never replaced, not even with --overwrite
+    for flags in ((), ("--overwrite",)):
+        result = cli("merge", "--adapter", str(lora_run), "--out", str(out), *flags)
+        assert result.exit_code == 2 and "not a folder llmtune made" in result.stderr, result.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "manifest.json").write_text('{"command": "merge", "status": "completed"}')  # an older merge
     result = cli("merge", "--adapter", str(lora_run), "--out", str(out))
     assert result.exit_code == 2 and "--overwrite" in result.stderr
     assert (out / "keep.txt").read_text() == "mine"

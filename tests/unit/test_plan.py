@@ -76,6 +76,16 @@ def test_parse_memory_names_the_bad_value(text):
         parse_memory(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"), [("0GB", "more than 0"), ("0.1", "more than 0"), ("1e3GB", "a unit")]
+)
+def test_parse_memory_rejects_sizes_no_device_has(text, expected):
+    with pytest.raises(LlmtuneError, match=f"--device-memory {text!r}: .*{expected}"):
+        parse_memory(text, "--device-memory")
+    with pytest.raises(LlmtuneError, match="too large"):
+        parse_memory("9" * 400 + "GB")
+
+
 def test_zero_paper_figure_1():
     """Ψ = 7.5B on N = 64 devices: 120 GB baseline, 31.4 GB, 16.6 GB and 1.9 GB for ZeRO-1/2/3."""
     totals = [sum(zero_model_states(7.5e9, 64, stage).values()) / 1e9 for stage in range(4)]
@@ -329,5 +339,7 @@ def test_plan_command_reports_and_suggests(tmp_path, write_recipe, cli):
     assert plan["model"]["parameters"] > 0 and plan["memory"]["total"] == sum(
         v for k, v in plan["memory"].items() if k != "total"
     )
-    bad = cli("plan", "--recipe", str(path), "--device-memory", "lots")
-    assert bad.exit_code == 2 and "memory size 'lots'" in bad.stderr
+    for value in ("lots", "0GB", "0", "-1GB", "nan", "inf", "", "9" * 400 + "GB"):
+        bad = cli("plan", "--recipe", str(path), "--device-memory", value)
+        assert bad.exit_code == 2, (value, bad.stderr)
+        assert "--device-memory" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

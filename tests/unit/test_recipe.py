@@ -300,3 +300,175 @@ def test_commands_that_take_any_training_recipe_tell_its_kind(tmp_path, write_re
     result = cli("data", "check", "--recipe", str(write_recipe(tiny_pretrain_recipe(tmp_path))))
     assert result.exit_code == 2
     assert "is a pretrain recipe (by its sections); this command takes sft, dpo recipes" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------ duplicate keys
+@pytest.mark.parametrize(
+    ("text", "key", "lines"),
+    [
+        ("train:\n  seed: 1\nmodel:\n  name_or_path: x\ntrain:\n  seed: 2\n", "'train'", "on lines 1 and 5"),
+        ("train:\n  seed: 1\n  max_steps: 2\n  seed: 3\n", "'train.seed'", "on lines 2 and 4"),
+        (
+            "model:\n  from_config:\n    architecture: llama\n    sizes: {a: 1, b: 2}\n    sizes: 3\n",
+            "'model.from_config.sizes'",
+            "on lines 4 and 5",
+        ),
+        ("data:\n  columns: {q: a, q: b}\n", "'data.columns.q'", "on line 2, columns 13 and 19"),
+    ],
+)
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path, text, key, lines):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    message = error_of(path)
+    assert f"key {key} is given twice, {lines}" in message and str(path) in message
+
+
+def test_a_key_given_twice_in_a_set_value_is_blamed_on_the_set(tmp_path, write_recipe):
+    message = error_of(write_recipe(tiny_pretrain_recipe(tmp_path)), "train={seed: 1, seed: 2}")
+    assert message.startswith("--set train={seed: 1, seed: 2}: key 'seed' is given twice")
+
+
+def test_merge_keys_are_not_duplicates(tmp_path):
+    """`<<: *base` then a key of its own is YAML's way of overriding; only the mapping's own keys count."""
+    from llmtune.recipe import load_yaml
+
+    assert load_yaml("base: &b {x: 1, y: 2}\nmine:\n  <<: *b\n  x: 3\n")["mine"] == {"x": 3, "y": 2}
+
+
+# ------------------------------------------------------------------------------------------ paths
+def test_tilde_is_expanded_in_every_path_from_the_file_or_a_set(tmp_path, write_recipe, monkeypatch):
+    import os
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = write_recipe(tiny_pretrain_recipe(tmp_path, train={"output_dir": "~/runs/a"}))
+    recipe = load(
+        path,
+        "data.validation_split=0",
+        "data.validation_files=~/v.txt",
+        "train.resume_from_checkpoint=~/ckpt",
+    )
+    assert recipe.train.output_dir == os.path.join(str(tmp_path), "runs/a")
+    assert recipe.data.validation_files == [os.path.join(str(tmp_path), "v.txt")]
+    assert recipe.train.trainer_kwargs()["resume_from_checkpoint"] == os.path.join(str(tmp_path), "ckpt")
+    assert load(path, "train.output_dir=~/runs/b").train.output_dir == os.path.join(str(tmp_path), "runs/b")
+    assert load("~/recipe.yaml").train.output_dir == os.path.join(str(tmp_path), "runs/a")  # quoted --recipe
+
+
+def test_input_paths_of_the_wrong_kind_say_what_they_are(tmp_path, write_recipe):
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    path = write_recipe(tiny_pretrain_recipe(tmp_path))
+    message = error_of(path, f"data.train_files=[{fifo}, /dev/zero, {a_file}/more.txt]")
+    assert f"'{fifo}' is not a regular file: it is a named pipe (FIFO)" in message
+    assert "'/dev/zero' is not a regular file: it is a character device" in message
+    assert f"{a_file} is a file, not a folder" in message
+    assert "does not exist" not in message
+    message = error_of(path, f"model.tokenizer={a_file}")
+    assert f"model.tokenizer: '{a_file}' is a file; give a folder" in message
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "/dev/null", "socket"])
+def test_a_recipe_that_is_not_a_regular_file_is_refused_before_it_is_opened(tmp_path, special):
+    import os
+    import socket
+
+    if special == "fifo":
+        target = tmp_path / "recipe.yaml"
+        os.mkfifo(target)  # opening it for reading would wait for a writer forever
+    elif special == "socket":
+        target = tmp_path / "s"
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(target))
+    else:
+        target = special
+    assert "is not a regular file" in error_of(target)
+
+
+def test_a_file_where_a_folder_is_expected(tmp_path):
+    (tmp_path / "recipes").write_text("not a folder")
+    message = error_of(tmp_path / "recipes" / "r.yaml")
+    assert f"{tmp_path / 'recipes'} is a file, not a folder" in message and "not found" not in message
+
+
+# ------------------------------------------------------------------------------------------ round trip
+def _every_kind(tmp_path) -> dict[str, dict]:
+    from tests.conftest import SHARED_DATA
+
+    qa = str(SHARED_DATA / "instruction-en")
+    chat_model = {"name_or_path": str(tmp_path), "revision": "1e5"}  # a string YAML 1.2 reads as a number
+    chat_train = {
+        "output_dir": "runs/x",
+        "warmup_ratio": 0.1,  # legacy names: mapped with a note, written back under the new name
+        "evaluation_strategy": "no",
+        "logging_dir": "tb",
+        "save_strategy": "no",  # YAML 1.1 reads a bare `no` as false
+        "learning_rate": 4e-4,
+    }
+    return {
+        "pretrain": tiny_pretrain_recipe(tmp_path),
+        "sft": {
+            "model": chat_model,
+            "data": {"train_files": qa, "system": "4e-4", "template": "chatml"},
+            "peft": {"method": "lora", "r": 4},
+            "train": chat_train,
+            "samples": {"prompts": ["Hi"]},
+        },
+        "dpo": {
+            "model": chat_model,
+            "data": {"train_files": qa},
+            "peft": {"method": "qlora"},
+            "dpo": {"beta": 0.2, "loss_type": "ipo"},
+            "train": chat_train,
+        },
+        "lora-ner": {"model": chat_model, "data": {"train_files": qa}, "train": {"output_dir": "~/x"}},
+        "eval": {
+            "model": chat_model,
+            "eval": {"compare": [str(tmp_path), "org/model"]},
+            "perplexity": {"files": qa},
+            "mcq": {"files": [qa]},
+            "generate": {"prompts": "Hi", "temperature": 0.7},
+            "ner": {"files": [qa]},
+        },
+    }
+
+
+def _round_trip(recipe, kind, tmp_path):
+    from llmtune.recipe import load_recipe as load_any
+
+    again = tmp_path / f"again-{kind}.yaml"
+    again.write_text(recipe.to_yaml())
+    reloaded = load_any(again, kind)
+    assert reloaded.model_dump() == recipe.model_dump()
+    assert reloaded.to_yaml() == recipe.to_yaml()
+    return reloaded
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "sft", "dpo", "lora-ner", "eval"])
+def test_the_resolved_recipe_loads_back_to_the_same_recipe(tmp_path, kind):
+    """A run folder's recipe.yaml (`to_yaml`) is itself a recipe that reproduces the run."""
+    from llmtune.recipe import load_recipe as load_any
+    from llmtune.recipe.yaml12 import dump_yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(dump_yaml(_every_kind(tmp_path)[kind]))  # quotes "1e5", as a user would have to
+    recipe = load_any(path, kind)
+    reloaded = _round_trip(recipe, kind, tmp_path)
+    if kind in ("sft", "dpo"):
+        assert reloaded.model.revision == "1e5" and reloaded.train.trainer_kwargs()["save_strategy"] == "no"
+        assert reloaded.train.trainer_kwargs()["warmup_steps"] == 0.1 and not reloaded.notes
+
+
+def test_the_shipped_recipes_load_back_to_themselves(tmp_path):
+    from llmtune.recipe import load_recipe as load_any
+    from llmtune.recipe import recipe_kind
+    from tests.conftest import REPO
+
+    shipped = sorted((REPO / "recipes").rglob("*.yaml"))
+    assert len(shipped) >= 10
+    for path in shipped:
+        kind = recipe_kind(path)
+        _round_trip(load_any(path, kind), kind, tmp_path)

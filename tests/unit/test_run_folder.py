@@ -29,17 +29,25 @@ def test_new_and_empty_folders_are_fine_and_checking_changes_nothing(tmp_path):
     check(tmp_path / "empty")
 
 
+def made_by_llmtune(folder, status="completed"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps({"status": status}))
+    return folder
+
+
 def test_a_run_is_never_overwritten_silently(tmp_path):
+    made_by_llmtune(tmp_path)
     (tmp_path / "model.safetensors").write_text("weights")
     with pytest.raises(LlmtuneError) as info:
         check(tmp_path)
     message = info.value.render()
-    assert "train.output_dir" in message and "is not empty (model.safetensors)" in message
+    assert "train.output_dir" in message and "is not empty (manifest.json, model.safetensors)" in message
     assert "--resume" in message and "--overwrite" in message
     assert (tmp_path / "model.safetensors").read_text() == "weights"
 
 
 def test_resume_needs_a_complete_checkpoint(tmp_path):
+    made_by_llmtune(tmp_path)
     with pytest.raises(LlmtuneError, match="holds no complete checkpoint"):
         check(tmp_path, resume=True)
     make_checkpoint(tmp_path, 5, complete=False)
@@ -86,6 +94,7 @@ def test_a_run_writes_recipe_report_and_a_completed_manifest_last(tmp_path, writ
 
 
 def test_overwrite_sets_the_old_run_aside_and_drops_it_only_when_the_new_one_finishes(tmp_path):
+    made_by_llmtune(tmp_path)
     (tmp_path / "old.safetensors").write_text("old weights")
     folder = check(tmp_path, overwrite=True)
     assert (tmp_path / "old.safetensors").exists()  # the check changes nothing
@@ -100,6 +109,8 @@ def test_overwrite_sets_the_old_run_aside_and_drops_it_only_when_the_new_one_fin
 
 @pytest.mark.parametrize("failure", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_a_failure_before_anything_is_kept_restores_the_old_run_byte_for_byte(tmp_path, failure):
+    tmp_path = tmp_path / "run"
+    tmp_path.mkdir()
     (tmp_path / "model.safetensors").write_bytes(b"old weights")
     (tmp_path / "manifest.json").write_text('{"status": "completed"}')
     folder = check(tmp_path, overwrite=True)
@@ -112,17 +123,61 @@ def test_a_failure_before_anything_is_kept_restores_the_old_run_byte_for_byte(tm
     assert not list(tmp_path.parent.glob(f".{tmp_path.name}.replaced-*"))
 
 
-def test_a_failure_after_a_checkpoint_keeps_the_new_run_marked_failed_with_the_traceback(tmp_path):
-    (tmp_path / "model.safetensors").write_bytes(b"old weights")
-    folder = check(tmp_path, overwrite=True)
-    with pytest.raises(RuntimeError), folder.open():
-        make_checkpoint(tmp_path, 4)
-        raise RuntimeError("disk full during evaluation")
-    manifest = read_manifest(tmp_path)
+def test_a_failure_after_a_checkpoint_keeps_both_runs(tmp_path):
+    """--overwrite keeps the new run only when its trained model was saved whole; its checkpoints are
+    kept beside the restored old run, marked failed with the traceback, ready for --resume."""
+    out = made_by_llmtune(tmp_path / "run")
+    (out / "model.safetensors").write_bytes(b"old weights")
+    folder = check(out, overwrite=True)
+    with pytest.raises(RuntimeError), folder.open(phases=("model", "train", "save")) as run:
+        run.phase("train")
+        make_checkpoint(out, 4)
+        raise RuntimeError("disk full during training")
+    assert (out / "model.safetensors").read_bytes() == b"old weights"
+    assert read_manifest(out) == {"status": "completed"}
+    [kept] = tmp_path.glob("run.incomplete-*")
+    manifest = read_manifest(kept)
     assert manifest["status"] == "failed" and "disk full" in manifest["error"]
-    assert "Traceback" in (tmp_path / "run.log").read_text()
-    assert (tmp_path / "checkpoint-4").is_dir() and not (tmp_path / "model.safetensors").exists()
-    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.replaced-*"))
+    assert manifest["phase"] == "train" and manifest["unfinished"] == ["train", "save"]
+    assert "Traceback" in (kept / "run.log").read_text()
+    assert (kept / "checkpoint-4").is_dir()
+    assert not list(tmp_path.glob(".run.replaced-*"))
+
+
+def test_a_failure_after_the_weights_are_saved_keeps_the_new_run(tmp_path):
+    out = made_by_llmtune(tmp_path / "run")
+    (out / "model.safetensors").write_bytes(b"old weights")
+    folder = check(out, overwrite=True)
+    phases = ("model", "train", "save", "final_eval", "samples")
+    with pytest.raises(KeyboardInterrupt), folder.open(phases=phases) as run:
+        run.save_weights(
+            lambda staging: (staging.mkdir(), (staging / "model.safetensors").write_bytes(b"new"))
+        )
+        run.phase("final_eval")
+        raise KeyboardInterrupt
+    assert (out / "model.safetensors").read_bytes() == b"new"
+    manifest = read_manifest(out)
+    assert manifest["status"] == "interrupted" and manifest["weights"] == "saved"
+    assert manifest["unfinished"] == ["final_eval", "samples"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_save_cut_short_leaves_no_file_and_brings_the_old_run_back(tmp_path):
+    out = made_by_llmtune(tmp_path / "run")
+    (out / "tokenizer.json").write_text('{"old": true}')
+
+    def save(staging):
+        staging.mkdir()
+        (staging / "model.safetensors").write_bytes(b"complete")
+        (staging / "tokenizer.json").write_text('{"trunc')
+        raise OSError(28, "No space left on device")
+
+    folder = check(out, overwrite=True)
+    with pytest.raises(OSError, match="No space"), folder.open(phases=("train", "save")) as run:
+        run.save_weights(save)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "tokenizer.json"]
+    assert (out / "tokenizer.json").read_text() == '{"old": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_an_interrupt_after_a_checkpoint_is_marked_interrupted(tmp_path):
@@ -142,8 +197,7 @@ def test_a_stage_that_returns_without_finishing_is_an_error(tmp_path):
 
 # ------------------------------------------------------------------------------------------ staged
 def test_a_staged_folder_appears_only_when_finished_and_replaces_the_old_one_then(tmp_path):
-    out = tmp_path / "merged"
-    out.mkdir()
+    out = made_by_llmtune(tmp_path / "merged")
     (out / "model.safetensors").write_bytes(b"the user's model")
     with pytest.raises(LlmtuneError, match="--out .* is not empty.*replaced only once"):
         check(out, command="merge", key="--out", staged=True)
@@ -160,22 +214,20 @@ def test_a_staged_folder_appears_only_when_finished_and_replaces_the_old_one_the
 
 
 def test_a_failed_staged_run_removes_only_its_staging_folder(tmp_path):
-    out = tmp_path / "results"
-    out.mkdir()
+    out = made_by_llmtune(tmp_path / "results")
     (out / "results.json").write_text("{}")
     folder = check(out, command="eval", key="eval.output_dir", staged=True, overwrite=True)
     with pytest.raises(ValueError), folder.open() as run:
         run.write_text("report.md", "half")
         raise ValueError("bad model")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
-    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "results.json"]
 
 
 def test_a_rename_that_fails_while_publishing_puts_the_old_folder_back(tmp_path, monkeypatch):
     from pathlib import Path
 
-    out = tmp_path / "merged"
-    out.mkdir()
+    out = made_by_llmtune(tmp_path / "merged")
     (out / "model.safetensors").write_bytes(b"the user's model")
     folder = check(out, command="merge", key="--out", staged=True, overwrite=True)
     rename = Path.rename
