@@ -214,6 +214,12 @@ def data_check(
     debug: bool = DebugOption,
 ) -> None:
     with user_errors(debug):
+        from llmtune.errors import LlmtuneError
+
+        if samples < 0:
+            raise LlmtuneError(f"--samples {samples}: must be 0 or more.")
+        if color not in ("auto", "always", "never"):
+            raise LlmtuneError(f"--color {color!r}: expected auto, always or never.")
         loaded = _load(recipe, None, set_, allowed=("sft", "dpo"))
         from llmtune.stages import data_check as stage
 
@@ -289,13 +295,17 @@ def plan(
 
         from llmtune.plan import estimate, parse_memory
 
+        if nproc is not None and nproc < 1:
+            from llmtune.errors import LlmtuneError
+
+            raise LlmtuneError(f"--nproc {nproc}: must be at least 1.")
         loaded = _load(recipe, None, set_, allowed=("pretrain", "sft", "dpo"))
         result = estimate(
             loaded,
             device_memory_bytes=(
                 parse_memory(device_memory, "--device-memory") if device_memory is not None else None
             ),
-            nproc=nproc or loaded.launch.nproc * loaded.launch.nnodes,
+            nproc=nproc if nproc is not None else loaded.launch.nproc * loaded.launch.nnodes,
             strategy=strategy or loaded.launch.strategy,
             target=target,
         )

@@ -59,7 +59,7 @@ class FolderLock:
             except BlockingIOError:
                 os.close(fd)
                 raise FolderBusy(
-                    f"{key} {folder} is in use by {_describe_holder(path)}; two commands must never write "
+                    f"{key} {folder} is in use by {describe_holder(folder)}; two commands must never write "
                     "one folder at once.",
                     hint="Wait for it to finish (or stop it), or choose another folder.",
                 ) from None
@@ -126,7 +126,9 @@ def is_locked(folder: Path) -> bool:
         os.close(fd)
 
 
-def _describe_holder(path: Path) -> str:
+def describe_holder(folder: Path) -> str:
+    """Who holds `folder`'s lock, as the lock file says."""
+    path = lock_path(Path(os.path.abspath(folder)))
     try:
         holder = json.loads(path.read_text()[:2000])
         return f"`{holder['command']}` (PID {holder['pid']} on {holder['host']}, started {holder['started']})"

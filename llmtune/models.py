@@ -203,9 +203,7 @@ def load_causal_lm(
                 quantization_config=quantization,
             )
         except ValueError as exc:
-            raise LlmtuneError(
-                f"cannot load {resolved.name} as a causal LM: {first_line(exc)}"
-            ) from None
+            raise LlmtuneError(f"cannot load {resolved.name} as a causal LM: {first_line(exc)}") from None
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         log.info(
             "Resizing the embedding from %d to the tokenizer's %d tokens",

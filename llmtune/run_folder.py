@@ -177,6 +177,15 @@ class RunFolder:
                 "folder is replaced as a whole, which would take the current folder with it.",
                 hint=f"Name a subfolder for the output, e.g. {self.key}=runs/new.",
             )
+        for given in inputs:
+            if given.is_dir() and Path(os.path.realpath(given)) != out and is_locked(given):
+                from llmtune.folder_lock import describe_holder
+
+                raise LlmtuneError(
+                    f"{given}, an input of this run, is still being written by {describe_holder(given)}; "
+                    "reading it now would take a half-written model or run.",
+                    hint="Wait for that command to finish, then run this one.",
+                )
         if self.resume:
             return  # a resumed run adds to its folder and sets nothing aside (its recipe may live in it)
         for given in inputs:
@@ -216,6 +225,14 @@ class RunFolder:
                 f"{MANIFEST}); llmtune never replaces or writes into such a folder, even with "
                 "--overwrite or --resume, because the files in it may be yours.",
                 hint="Choose a new or empty folder.",
+            )
+        made_by = _manifest_command(path) if existing else None
+        if self.overwrite and made_by and made_by != self.command:
+            raise LlmtuneError(
+                f"{self.key} {path} holds the result of `llmtune {made_by}`; --overwrite replaces only a "
+                f"folder written by `llmtune {self.command}`, so that a slip of the path never costs another "
+                "command's run.",
+                hint="Choose a new folder (or remove that one yourself if it is no longer wanted).",
             )
         if self.checkpoint is not None:
             self._check_named_checkpoint()
@@ -554,6 +571,15 @@ def _made_by_llmtune(path: Path) -> bool:
     return isinstance(manifest, dict) and "status" in manifest
 
 
+def _manifest_command(path: Path) -> str | None:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8")[:10_000_000])
+    except (OSError, ValueError):
+        return None
+    command = manifest.get("command") if isinstance(manifest, dict) else None
+    return command if isinstance(command, str) else None
+
+
 def _claim_free_name(path: Path, command: str, key: str) -> tuple[Path, FolderLock]:
     """The first of path, path-2, path-3... that does not exist and no other process holds, locked."""
     from llmtune.folder_lock import FolderBusy
@@ -584,7 +610,9 @@ def _failed_before_keeping_anything(path: Path) -> bool:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    if not isinstance(manifest, dict) or manifest.get("status") not in ("failed", "interrupted"):
+    # "running" too: the check holds the folder's lock, so a run still marked running was killed (SIGKILL,
+    # power loss) and its process is gone.
+    if not isinstance(manifest, dict) or manifest.get("status") not in ("failed", "interrupted", "running"):
         return False
     if manifest.get("weights") == "saved":
         return False

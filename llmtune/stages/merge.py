@@ -80,7 +80,7 @@ def run(
 
     if dtype not in ("float32", "bfloat16", "float16"):
         raise LlmtuneError(f"--dtype {dtype!r}: expected float32, bfloat16 or float16.")
-    if not tolerance > 0:
+    if not (math.isfinite(tolerance) and tolerance > 0):
         raise LlmtuneError(f"--tolerance {tolerance}: must be a positive number.")
     if hub not in ("auto", "hf", "modelscope"):
         raise LlmtuneError(f"--hub {hub!r}: expected auto, hf or modelscope.")

@@ -247,6 +247,37 @@ def test_the_lock_goes_with_its_process(tmp_path, held):
     assert siblings(out) == []
 
 
+def test_an_input_still_being_written_by_another_command_is_refused(tmp_path, held, cli):
+    adapter = tmp_path / "runs" / "sft"
+    adapter.mkdir(parents=True)
+    (adapter / "manifest.json").write_text('{"command": "sft", "status": "running"}')
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    pid = held(adapter)  # an sft run still training into it
+    result = cli("merge", "--adapter", str(adapter), "--out", str(tmp_path / "merged"))
+    assert result.exit_code == 2, result.output
+    assert "still being written" in result.output and f"PID {pid}" in result.output
+    assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.parametrize(
+    ("made_by", "command", "refused"),
+    [("sft", "merge", True), ("merge", "merge", False), ("pretrain", "sft", True), (None, "sft", False)],
+)
+def test_overwrite_replaces_only_a_folder_of_the_same_command(tmp_path, made_by, command, refused):
+    out = tmp_path / "run"
+    out.mkdir()
+    manifest = {"status": "completed", **({"command": made_by} if made_by else {})}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    before = snapshot(out)
+    key = "--out" if command == "merge" else "train.output_dir"
+    if refused:
+        with pytest.raises(LlmtuneError, match=f"holds the result of `llmtune {made_by}`"):
+            RunFolder.check(out, command=command, key=key, overwrite=True, staged=command == "merge")
+    else:
+        RunFolder.check(out, command=command, key=key, overwrite=True, staged=command == "merge").release()
+    assert snapshot(out) == before
+
+
 def test_default_names_are_unique_even_in_the_same_second(tmp_path, held):
     base = tmp_path / "eval-20261201-120000"
     held(base)  # another eval chose the same timestamp and is running
@@ -417,3 +448,25 @@ def test_a_loss_that_stops_being_finite_stops_the_run_and_keeps_the_last_good_ch
     for checkpoint in run.glob("checkpoint-*"):
         for tensor in safetensors.torch.load_file(checkpoint / "model.safetensors").values():
             assert torch.isfinite(tensor).all(), checkpoint
+
+
+# ------------------------------------------------------------------------------------------ flag values
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("merge", "--adapter", "runs/x", "--out", "runs/y", "--tolerance", "inf"),
+        ("merge", "--adapter", "runs/x", "--out", "runs/y", "--tolerance", "nan"),
+        ("merge", "--adapter", "runs/x", "--out", "runs/y", "--tolerance", "0"),
+        ("plan", "--recipe", str(REPO / "recipes" / "quickstart.yaml"), "--nproc", "0"),
+        ("plan", "--recipe", str(REPO / "recipes" / "quickstart.yaml"), "--nproc", "-2"),
+        ("data", "check", "--recipe", str(REPO / "recipes" / "quickstart.yaml"), "--samples", "-1"),
+        ("data", "check", "--recipe", str(REPO / "recipes" / "quickstart.yaml"), "--color", "sometimes"),
+    ],
+    ids=lambda args: " ".join(args[-2:]),
+)
+def test_numeric_and_choice_flags_are_checked(cli, args, tmp_path, monkeypatch):
+    """--tolerance inf would have let any merge pass; --nproc 0 fell back to the recipe silently."""
+    monkeypatch.chdir(tmp_path)
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    assert args[-2] in result.output and "Traceback" not in result.output

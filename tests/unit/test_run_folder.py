@@ -59,6 +59,14 @@ def test_resume_needs_a_complete_checkpoint(tmp_path):
         check(tmp_path, overwrite=True, resume=True)
 
 
+def test_a_killed_run_without_checkpoints_is_reused(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"status": "running"}')  # SIGKILL: no handler could run
+    check(tmp_path).release()
+    make_checkpoint(tmp_path, 2)
+    with pytest.raises(LlmtuneError, match="is not empty"):
+        check(tmp_path)
+
+
 def test_a_failed_run_without_checkpoints_is_reused(tmp_path):
     (tmp_path / "manifest.json").write_text('{"status": "failed"}')
     (tmp_path / "run.log").write_text("error")
