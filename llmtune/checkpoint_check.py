@@ -97,7 +97,7 @@ def check_resumable(checkpoint: Path, run_dir: Path | None) -> None:
     older = [
         c
         for c in complete_checkpoints(run_dir or checkpoint.parent)
-        if _step(c) < _step(checkpoint) and damage(c) is None
+        if checkpoint_step(c) < checkpoint_step(checkpoint) and damage(c) is None
     ]
     hint = (
         f"The previous complete checkpoint is {older[-1]}: resume from it with "
@@ -108,7 +108,7 @@ def check_resumable(checkpoint: Path, run_dir: Path | None) -> None:
     raise LlmtuneError(f"cannot resume from {checkpoint}: {problem}. Nothing was changed.", hint=hint)
 
 
-def _step(checkpoint: Path) -> int:
+def checkpoint_step(checkpoint: Path) -> int:
     tail = checkpoint.name.rsplit("-", 1)[-1]
     return int(tail) if tail.isdigit() else -1
 

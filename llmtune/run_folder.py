@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmtune.checkpoint_check import checkpoint_step
 from llmtune.errors import LlmtuneError
 from llmtune.folder_lock import FolderLock, is_locked
 from llmtune.manifest import Manifest
@@ -545,38 +546,29 @@ def recipe_inputs(recipe) -> list[str]:
 
 def _kind(path: Path) -> str:
     """What a path that is not a folder is, for messages (never 'does not exist' for a FIFO)."""
-    import stat
+    from llmtune.recipe.yaml12 import file_kind
 
     try:
-        mode = path.stat().st_mode
+        return file_kind(path.stat().st_mode)
     except OSError:
         return "unreadable"
-    for test, name in (
-        (stat.S_ISREG, "a file"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return "not a folder"
 
 
-def _made_by_llmtune(path: Path) -> bool:
-    try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8")[:10_000_000])
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and "status" in manifest
-
-
-def _manifest_command(path: Path) -> str | None:
+def _old_manifest(path: Path) -> dict | None:
+    """The manifest.json of an existing folder, if it is one llmtune wrote (a mapping with a status)."""
     try:
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8")[:10_000_000])
     except (OSError, ValueError):
         return None
-    command = manifest.get("command") if isinstance(manifest, dict) else None
+    return manifest if isinstance(manifest, dict) and "status" in manifest else None
+
+
+def _made_by_llmtune(path: Path) -> bool:
+    return _old_manifest(path) is not None
+
+
+def _manifest_command(path: Path) -> str | None:
+    command = (_old_manifest(path) or {}).get("command")
     return command if isinstance(command, str) else None
 
 
@@ -606,13 +598,10 @@ def _produced_checkpoint(path: Path) -> bool:
 def _failed_before_keeping_anything(path: Path) -> bool:
     """A folder left by a run that failed before writing any checkpoint or weights holds nothing to
     protect; it is reused so that fixing a recipe and rerunning needs no --overwrite."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
+    manifest = _old_manifest(path)
     # "running" too: the check holds the folder's lock, so a run still marked running was killed (SIGKILL,
     # power loss) and its process is gone.
-    if not isinstance(manifest, dict) or manifest.get("status") not in ("failed", "interrupted", "running"):
+    if manifest is None or manifest.get("status") not in ("failed", "interrupted", "running"):
         return False
     if manifest.get("weights") == "saved":
         return False
@@ -671,7 +660,10 @@ def _undo_resume(folder: RunFolder) -> bool:
     progressed = (
         newest is not None
         and newest.name != state["checkpoint"]
-        and (state["checkpoint"] is None or _step(newest) > _step(Path(state["checkpoint"])))
+        and (
+            state["checkpoint"] is None
+            or checkpoint_step(newest) > checkpoint_step(Path(state["checkpoint"]))
+        )
     )
     if progressed:
         shutil.rmtree(state["backup"], ignore_errors=True)
@@ -694,11 +686,6 @@ def _drop_resume_backup(folder: RunFolder) -> None:
     if folder._resume_state is not None:
         shutil.rmtree(folder._resume_state["backup"], ignore_errors=True)
         folder._resume_state = None
-
-
-def _step(checkpoint: Path) -> int:
-    tail = checkpoint.name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else -1
 
 
 def _publish(staging: Path, target: Path) -> None:

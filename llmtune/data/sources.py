@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmtune.errors import LlmtuneError
+from llmtune.recipe.yaml12 import file_kind
 
 log = logging.getLogger("llmtune")
 
@@ -87,20 +88,6 @@ def _size(count: int) -> str:
             return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
         count /= 1000
     return str(count)
-
-
-_KINDS = (
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def file_kind(mode: int) -> str:
-    """'a named pipe (FIFO)', 'a folder', ... for a stat mode that is not a regular file's."""
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def _prefix(key: str | None) -> str:

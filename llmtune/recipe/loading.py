@@ -26,12 +26,12 @@ from llmtune.recipe.yaml12 import (
     Lines,
     YamlLimitError,
     blocking_file,
+    file_kind,
     load_yaml,
     load_yaml_file,
     load_yaml_file_with_lines,
     shown,
     shown_repr,
-    special_kind,
 )
 
 # The recipe class of each command that reads one.
@@ -373,4 +373,4 @@ def _path_kind_problem(path: str, kind: str) -> str | None:
         if kind == "model" and not path.endswith(".gguf"):
             return "is a file, not a model folder; give the folder that holds config.json (or a .gguf file)"
         return None
-    return f"is not a regular file: it is {special_kind(mode)}; give a file or a folder"
+    return f"is not a regular file: it is {file_kind(mode)}; give a file or a folder"

@@ -249,6 +249,8 @@ def shown_repr(value: Any, limit: int = 80) -> str:
 
 # ------------------------------------------------------------------------------------------ files
 _KINDS = (
+    (stat.S_ISREG, "a file"),
+    (stat.S_ISDIR, "a folder"),
     (stat.S_ISFIFO, "a named pipe (FIFO)"),
     (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"),
@@ -256,8 +258,9 @@ _KINDS = (
 )
 
 
-def special_kind(mode: int) -> str:
-    """What a path that is neither a file nor a folder is, in words."""
+def file_kind(mode: int) -> str:
+    """What a path is, in words, from its stat mode: every message that says a FIFO, a device or a
+    folder is not what was expected uses this one table (recipes, data files, output folders)."""
     return next((name for test, name in _KINDS if test(mode)), "not a file or folder")
 
 
@@ -309,7 +312,7 @@ def _check_regular(path: Path, what: str, mode: int, size: int, limit: int, file
         raise LlmtuneError(f"{what} {path} is a folder; give a {file_word}, e.g. {path}/<name>")
     if not stat.S_ISREG(mode):
         raise LlmtuneError(
-            f"{what} {path} is not a regular file: it is {special_kind(mode)}; give a {file_word}.",
+            f"{what} {path} is not a regular file: it is {file_kind(mode)}; give a {file_word}.",
             hint="To use generated text, write it to a file first.",
         )
     if size > limit:

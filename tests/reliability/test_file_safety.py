@@ -134,7 +134,7 @@ def test_a_folder_llmtune_did_not_make_is_refused_even_with_overwrite_and_says_w
 
 def test_a_fifo_is_named_as_a_fifo(tmp_path):
     out = _state(tmp_path, "fifo")
-    with pytest.raises(LlmtuneError, match="is a FIFO, not a folder"):
+    with pytest.raises(LlmtuneError, match=r"is a named pipe \(FIFO\), not a folder"):
         RunFolder.check(out, command="merge", key="--out", staged=True)
 
 
