@@ -472,8 +472,11 @@ class Run:
             self._stop_log()
             shutil.rmtree(self.dir, ignore_errors=True)  # the user's folder was never touched
             return
-        if folder._resume_state is not None and _undo_resume(folder):
-            return  # the resumed folder is exactly as it was; the error is on the console
+        if folder._resume_state is not None:
+            if self.weights_saved:  # the resumed training finished and its model is saved: keep it
+                _drop_resume_backup(folder)
+            elif _undo_resume(folder):
+                return  # the resumed folder is exactly as it was; the error is on the console
         self._record_failure(exc)
         if folder._aside is not None:
             aside, folder._aside = folder._aside, None

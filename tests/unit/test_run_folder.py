@@ -251,3 +251,35 @@ def test_a_rename_that_fails_while_publishing_puts_the_old_folder_back(tmp_path,
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
     assert (out / "model.safetensors").read_bytes() == b"the user's model"
+
+
+def test_a_resume_that_saved_its_model_keeps_it_when_a_later_phase_fails(tmp_path):
+    """Without save_strategy a resumed run writes no new checkpoint; once its trained model is saved, a
+    failure in the final evaluation must not put the old weights back over it."""
+    out = made_by_llmtune(tmp_path / "run")
+    (out / "model.safetensors").write_bytes(b"old")
+    make_checkpoint(out, 2)
+    folder = check(out, resume=True)
+    with pytest.raises(RuntimeError), folder.open(phases=("train", "save", "final_eval")) as run:
+        run.save_weights(
+            lambda staging: (staging.mkdir(), (staging / "model.safetensors").write_bytes(b"new"))
+        )
+        run.phase("final_eval")
+        raise RuntimeError("evaluation failed")
+    assert (out / "model.safetensors").read_bytes() == b"new"
+    manifest = read_manifest(out)
+    assert manifest["status"] == "failed" and manifest["unfinished"] == ["final_eval"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_resume_that_fails_before_saving_puts_the_folder_back(tmp_path):
+    out = made_by_llmtune(tmp_path / "run")
+    (out / "model.safetensors").write_bytes(b"old")
+    make_checkpoint(out, 2)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    folder = check(out, resume=True)
+    with pytest.raises(RuntimeError), folder.open(phases=("train", "save")) as run:
+        run.phase("train")
+        raise RuntimeError("optimizer state does not fit")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
