@@ -1,5 +1,5 @@
-"""Wall time of the commands that should answer at once (`--help`, `--print-config`, `plan`), this checkout
-against another, as a ratio from interleaved pairs.
+"""Wall time of the commands that should answer at once (`--help`, `--print-config`, `plan`, `data check`),
+this checkout against another, as a ratio from interleaved pairs.
 
     .venv/bin/python benchmarks/startup_time.py --baseline /path/to/other/checkout [--pairs 5]
 
@@ -32,6 +32,7 @@ COMMANDS = {
         "--target",
         "cpu",
     ],
+    "data check (quickstart)": ["data", "check", "--recipe", "recipes/quickstart.yaml"],
 }
 
 
@@ -53,8 +54,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, required=True, help="another checkout of llmtune")
     parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--only", nargs="+", choices=list(COMMANDS), help="these commands only")
     options = parser.parse_args()
     for name, args in COMMANDS.items():
+        if options.only and name not in options.only:
+            continue
         wall(options.baseline, args), wall(HERE, args)  # warm-up
         a, b = [], []
         for _ in range(options.pairs):
@@ -64,7 +68,8 @@ def main() -> None:
         print(
             f"{name:<24} A {statistics.median(a):6.2f} s  B {statistics.median(b):6.2f} s  "
             f"B/A median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, "
-            f"{options.pairs} interleaved pairs)"
+            f"{options.pairs} interleaved pairs)",
+            flush=True,
         )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 
 import typer
@@ -18,6 +19,7 @@ def user_errors(debug: bool):
 
     debug = debug or os.environ.get("LLMTUNE_DEBUG", "") not in ("", "0")
     configure_logging()
+    silence_library_noise()
     try:
         yield
     except LlmtuneError as exc:
@@ -70,3 +72,39 @@ def configure_logging() -> None:
     # In a multi-process run only rank 0 reports; the others speak up for warnings and errors.
     logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     logger.propagate = False
+
+
+# Library messages that every command would show and no user can act on, each dropped by its logger or
+# module and the start of its text; every other message of the same library stays.
+# bitsandbytes on a CPU with avx512bf16 tries to fetch an optional kernel from the hub at import
+# (bitsandbytes/backends/cpu/ops.py) and logs its failure; the CPU code runs without it.
+BNB_CPU_KERNEL = (
+    "bitsandbytes.backends.cpu.ops",
+    "Failed to load CPU gemm_4bit_forward from kernels-community",
+)
+# peft (peft_model.py) and TRL read PreTrainedModel.is_gradient_checkpointing, deprecated in transformers 5.
+GRADIENT_CHECKPOINTING_ALIAS = (
+    r"transformers\.modeling_utils\Z",
+    r"`is_gradient_checkpointing` is deprecated",
+)
+
+
+class _DropMessage(logging.Filter):
+    """Drops the records of one logger whose message (before %-formatting) starts with `start`."""
+
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
+def silence_library_noise() -> None:
+    """Drop the library messages above (each command calls this; calling it again adds nothing)."""
+    name, start = BNB_CPU_KERNEL
+    logger = logging.getLogger(name)  # the same object bitsandbytes gets when it is imported later
+    if not any(isinstance(f, _DropMessage) and f.start == start for f in logger.filters):
+        logger.addFilter(_DropMessage(start))
+    module, message = GRADIENT_CHECKPOINTING_ALIAS
+    warnings.filterwarnings("ignore", message=message, category=FutureWarning, module=module)

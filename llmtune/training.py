@@ -358,6 +358,27 @@ def save_trained(trainer, run) -> None:
     run.save_weights(lambda staging: trainer.save_model(str(staging)), check=check_saved_weights)
 
 
+def final_evaluation(trainer) -> dict:
+    """The metrics of the final model on the eval data, as `trainer.evaluate()` returns them.
+
+    When the loop already evaluated at its last step (eval every epoch ends there), those logged
+    metrics are the final model's and are returned instead of a second pass over the same data with the
+    same weights. A fresh evaluation is run when there is none, or when the Trainer put the best
+    checkpoint back at the end (`load_best_model_at_end`: the final weights are not the last step's).
+    """
+    state = trainer.state
+    if not trainer.args.load_best_model_at_end:
+        logged: dict = {}
+        for entry in reversed(state.log_history):
+            if entry.get("step") != state.global_step:
+                break
+            # several eval sets are logged as one entry each at the same step; evaluate() merges them
+            logged.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+        if any(k.endswith("_loss") for k in logged):
+            return logged
+    return trainer.evaluate()
+
+
 def write_training_metrics(trainer, run, *, title: str) -> None:
     """metrics.json and loss.png from the Trainer's history (after the final evaluation, which it
     includes). The stage then calls run.finish."""

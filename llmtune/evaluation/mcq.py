@@ -159,79 +159,184 @@ def build_prompt(layout: str, q: Question, shots: list[Question]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ scoring
-def continuation_log_likelihoods(
-    model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int, add_special_tokens: bool = True
-) -> list[float]:
-    """log p(continuation | context) for each (context, continuation), summed over its tokens.
+def encode_pairs(
+    tokenizer, pairs: list[tuple[str, str]], *, add_special_tokens: bool = True
+) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) per (context, continuation).
 
-    The pair is tokenised whole and split where the context's own tokens end (so " A" joins the
-    context's last token exactly as it would in running text); when the tokeniser merges across that
-    boundary, the continuation is tokenised on its own and appended. Contexts are scored once when every
-    continuation of a context is a single token (the usual case for answer letters).
+    The pair is tokenised whole and split where the context's own tokens end (so " A" joins the context's
+    last token exactly as it would in running text); when the tokeniser merges across that boundary, the
+    continuation is tokenised on its own and appended. Either way the scored sequence is the context's own
+    tokens followed by the continuation's, which is what lets every option share one encoding of the
+    context.
     """
-    import torch
-
+    own: dict[str, list[int]] = {}  # a question's eight pairs share one context: tokenise it once
     encoded = []
     for context, continuation in pairs:
-        context_ids = tokenizer(context, add_special_tokens=add_special_tokens)["input_ids"]
+        if context not in own:
+            own[context] = tokenizer(context, add_special_tokens=add_special_tokens)["input_ids"]
+        context_ids = own[context]
         whole = tokenizer(context + continuation, add_special_tokens=add_special_tokens)["input_ids"]
         if whole[: len(context_ids)] == context_ids and len(whole) > len(context_ids):
             continuation_ids = whole[len(context_ids) :]
         else:
             continuation_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
         encoded.append((context_ids, continuation_ids))
+    return encoded
 
-    # One forward per distinct context when all its continuations are one token long.
-    single = {}
-    for context_ids, continuation_ids in encoded:
-        key = tuple(context_ids)
-        single[key] = single.get(key, True) and len(continuation_ids) == 1
-    sequences: dict[tuple, list[int]] = {}
-    for context_ids, continuation_ids in encoded:
-        if single[tuple(context_ids)]:
-            sequences.setdefault(tuple(context_ids), context_ids)
-        else:
-            sequences.setdefault(tuple(context_ids + continuation_ids), context_ids + continuation_ids)
-    # The (position, token) pairs each sequence must score: only those rows of the logits are
-    # normalised (a full log-softmax table is length x vocabulary floats per sequence).
-    wanted: dict[tuple, set] = {key: set() for key in sequences}
-    for context_ids, continuation_ids in encoded:
-        if single[tuple(context_ids)]:
-            wanted[tuple(context_ids)].add((len(context_ids) - 1, continuation_ids[0]))
-        else:
-            first = len(context_ids)
-            key = tuple(context_ids + continuation_ids)
-            wanted[key].update((first + i - 1, token) for i, token in enumerate(continuation_ids))
-    keys = list(sequences)
-    device = next(model.parameters()).device
-    found: dict[tuple, dict] = {}
-    order = sorted(range(len(keys)), key=lambda i: -len(keys[i]))  # similar lengths share a batch
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(order), batch_size):
-        chunk = [keys[i] for i in order[start : start + batch_size]]
-        width = max(len(k) for k in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attention = torch.zeros(len(chunk), width, dtype=torch.long)
-        for row, key in enumerate(chunk):  # right padding: real positions never see the padding
-            input_ids[row, : len(key)] = torch.tensor(key)
-            attention[row, : len(key)] = 1
-        with torch.no_grad():
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
-        for row, key in enumerate(chunk):
-            pairs_here = sorted(wanted[key])
-            positions = sorted({p for p, _ in pairs_here})
-            table = torch.log_softmax(logits[row, positions].float(), dim=-1)
-            index = {p: i for i, p in enumerate(positions)}
-            found[key] = {(p, t): float(table[index[p], t]) for p, t in pairs_here}
-    scores = []
-    for context_ids, continuation_ids in encoded:
-        if single[tuple(context_ids)]:
-            scores.append(found[tuple(context_ids)][(len(context_ids) - 1, continuation_ids[0])])
-            continue
-        values = found[tuple(context_ids + continuation_ids)]
-        first = len(context_ids)
-        scores.append(sum(values[(first + i - 1, token)] for i, token in enumerate(continuation_ids)))
+
+def continuation_log_likelihoods(
+    model, tokenizer, pairs: list[tuple[str, str]], *, batch_size: int, add_special_tokens: bool = True
+) -> list[float]:
+    """log p(continuation | context) for each (context, continuation), summed over its tokens.
+
+    Each distinct context is run through the model once. Contexts whose continuations are all one token
+    long (answer letters) need only the context's last logits, so `batch_size` of them share a forward.
+    A context with longer continuations (option texts) is run alone with the key/value cache kept, and its
+    continuations are then scored together against that cache: the long prompt is encoded once rather
+    than once per option, as a forward over prompt + option per option would.
+    """
+    encoded = encode_pairs(tokenizer, pairs, add_special_tokens=add_special_tokens)
+    if _has_virtual_tokens(model):
+        return [_score_alone(model, context, continuation) for context, continuation in encoded]
+    by_context: dict[tuple, list[int]] = {}  # context ids -> indices of its pairs, in order
+    for index, (context_ids, _) in enumerate(encoded):
+        by_context.setdefault(tuple(context_ids), []).append(index)
+    scores = [0.0] * len(pairs)  # an empty continuation has log-likelihood 0
+    short, long = [], []
+    for context, indices in by_context.items():
+        (long if any(len(encoded[i][1]) > 1 for i in indices) else short).append(context)
+
+    short.sort(key=len, reverse=True)  # similar lengths share a batch: less padding
+    for start in range(0, len(short), batch_size):
+        chunk = short[start : start + batch_size]
+        last = _last_log_probs(model, [list(c) for c in chunk], _pad_id(tokenizer))
+        for row, context in enumerate(chunk):
+            for i in by_context[context]:
+                if encoded[i][1]:
+                    scores[i] = float(last[row, encoded[i][1][0]])
+
+    for context in long:
+        indices = by_context[context]
+        found = _score_with_cache(
+            model, list(context), [encoded[i][1] for i in indices], _pad_id(tokenizer), batch_size
+        )
+        for i, value in zip(indices, found, strict=True):
+            scores[i] = value
     return scores
+
+
+def _has_virtual_tokens(model) -> bool:
+    """A prompt, prefix or P-tuning adapter puts virtual tokens before the input: position ids and a
+    cache passed from outside would not line up with them (PEFT drops the position ids)."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def _score_alone(model, context: list[int], continuation: list[int]) -> float:
+    """Summed log-likelihood of one continuation from one unpadded forward over context + continuation."""
+    import torch
+
+    if not continuation:
+        return 0.0
+    device = next(model.parameters()).device
+    logits = _forward(model, input_ids=torch.tensor([context + continuation], device=device)).logits
+    # counted from the end: a prompt-tuning adapter's virtual tokens come first in the logits
+    table = torch.log_softmax(logits[0, -len(continuation) - 1 : -1].float(), dim=-1)
+    return sum(float(table[i, token]) for i, token in enumerate(continuation))
+
+
+def _pad_id(tokenizer) -> int:
+    # Any id will do: padded positions are masked and never read.
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def _forward(model, **inputs):
+    """model(**inputs) under no_grad, asking for the last position's logits only when the model can (a
+    vocabulary-wide row per position is most of the memory, and its projection a fifth of the time, for a
+    small model with a large vocabulary)."""
+    import inspect
+
+    import torch
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper
+    if inputs.pop("last_only", False) and "logits_to_keep" in inspect.signature(inner.forward).parameters:
+        inputs["logits_to_keep"] = 1
+    with torch.no_grad():
+        return model(**inputs)
+
+
+def _last_log_probs(model, contexts: list[list[int]], pad: int):
+    """log p(next token | context) for each context: [contexts, vocabulary], one forward.
+
+    Left padding puts every context's last token in the last column; position ids count real tokens
+    only, so a padded row sees the same positions as the context alone."""
+    import torch
+
+    width = max(len(c) for c in contexts)
+    input_ids = torch.full((len(contexts), width), pad, dtype=torch.long)
+    attention = torch.zeros(len(contexts), width, dtype=torch.long)
+    for row, context in enumerate(contexts):
+        input_ids[row, width - len(context) :] = torch.tensor(context)
+        attention[row, width - len(context) :] = 1
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    device = next(model.parameters()).device
+    logits = _forward(
+        model,
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
+        position_ids=positions.to(device),
+        last_only=True,
+    ).logits
+    return torch.log_softmax(logits[:, -1].float(), dim=-1)
+
+
+def _score_with_cache(
+    model, context: list[int], continuations: list[list[int]], pad: int, batch_size: int
+) -> list[float]:
+    """Summed log-likelihood of each continuation after one context, the context encoded once.
+
+    The context's forward gives the first token of every continuation its log-probability and leaves the
+    key/value cache; up to `batch_size` continuations then run together on copies of that cache
+    (right-padded: a real token never attends to the padding after it), each but its last token as input.
+    """
+    import copy
+
+    import torch
+
+    device = next(model.parameters()).device
+    out = _forward(model, input_ids=torch.tensor([context], device=device), use_cache=True, last_only=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    terms = [[float(first[c[0]])] if c else [] for c in continuations]  # per token, summed in order
+    longer = [i for i, c in enumerate(continuations) if len(c) > 1]
+    for start in range(0, len(longer), batch_size):
+        chunk = longer[start : start + batch_size]
+        last_chunk = start + batch_size >= len(longer)
+        cache = out.cache if last_chunk else copy.deepcopy(out.cache)  # a forward extends its cache
+        cache.batch_repeat_interleave(len(chunk))
+        width = max(len(continuations[i]) - 1 for i in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros(len(chunk), len(context) + width, dtype=torch.long)
+        attention[:, : len(context)] = 1
+        for row, i in enumerate(chunk):
+            inputs = continuations[i][:-1]
+            input_ids[row, : len(inputs)] = torch.tensor(inputs)
+            attention[row, len(context) : len(context) + len(inputs)] = 1
+        positions = torch.arange(len(context), len(context) + width).expand(len(chunk), -1)
+        logits = _forward(
+            model,
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            position_ids=positions.to(device),
+            cache=cache,
+            use_cache=True,
+        ).logits
+        for row, i in enumerate(chunk):
+            targets = continuations[i][1:]
+            table = torch.log_softmax(logits[row, : len(targets)].float(), dim=-1)
+            picked = table[torch.arange(len(targets)), torch.tensor(targets, device=table.device)]
+            terms[i] += [float(value) for value in picked]
+    return [sum(values) for values in terms]
 
 
 def evaluate_mcq(model, tokenizer, question_files: list[QuestionFile], section, shots_from: dict) -> dict:
@@ -246,6 +351,7 @@ def evaluate_mcq(model, tokenizer, question_files: list[QuestionFile], section, 
     for qfile in tqdm(question_files, desc="mcq", unit="subject", leave=False):
         layout = qfile.layout
         questions = qfile.questions[: section.max_questions] if section.max_questions else qfile.questions
+        asked = []  # (question, shots used, answer prefix, its pairs)
         for q in questions:
             pool = [s for s in shots_from.get(q.subject, []) if s.where != q.where]
             shots = pool[: section.shots]
@@ -263,9 +369,19 @@ def evaluate_mcq(model, tokenizer, question_files: list[QuestionFile], section, 
             pairs = [(prompt, prefix + letter) for letter in LETTERS[: len(q.options)]]
             if section.score in ("text", "both"):
                 pairs += [(prompt, prefix + option) for option in q.options]
-            scores = continuation_log_likelihoods(
-                model, tokenizer, pairs, batch_size=section.batch_size, add_special_tokens=not chat
-            )
+            asked.append((q, shots, prefix, pairs))
+        # One call per subject, so that letter-only questions share forwards.
+        all_scores = continuation_log_likelihoods(
+            model,
+            tokenizer,
+            [pair for *_, pairs in asked for pair in pairs],
+            batch_size=section.batch_size,
+            add_special_tokens=not chat,
+        )
+        taken = 0
+        for q, shots, prefix, pairs in asked:
+            scores = all_scores[taken : taken + len(pairs)]
+            taken += len(pairs)
             letters = scores[: len(q.options)]
             benchmark = "cmmlu" if layout == "cmmlu" else "mmlu"
             row = {

@@ -10,10 +10,8 @@ from llmtune.data.sources import BadRows
 
 def evaluate_ner(run: Path, files: list[Path], section) -> dict:
     """Precision/recall/F1 (micro, macro, per type) over all sentences of `files`."""
-    from tqdm.auto import tqdm
-
     from llmtune.ner.metrics import score_tags
-    from llmtune.ner.predict import tag_words
+    from llmtune.ner.predict import tag_sentences
     from llmtune.ner.tagger import load_tagger
 
     tagger, tokenizer, config = load_tagger(run)
@@ -31,11 +29,15 @@ def evaluate_ner(run: Path, files: list[Path], section) -> dict:
         )
         if section.max_samples:
             sentences = sentences[: section.max_samples]
-        for sentence in tqdm(sentences, desc=f"ner {path.name}", unit="sentence", leave=False):
-            gold.append(list(sentence.tags))
-            predicted.append(
-                tag_words(tagger, tokenizer, list(sentence.tokens), config.get("max_length", 256))
-            )
+        gold += [list(sentence.tags) for sentence in sentences]
+        predicted += tag_sentences(
+            tagger,
+            tokenizer,
+            [list(sentence.tokens) for sentence in sentences],
+            config.get("max_length", 256),
+            batch_size=section.batch_size,
+            desc=f"ner {path.name}",
+        )
     scores = score_tags(gold, predicted)
     scores["sentences"] = len(gold)
     if bad.total:

@@ -4,6 +4,7 @@ Used by `llmtune lora-ner predict` and by `llmtune eval --ner`."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmtune.data.ner import entities
@@ -30,21 +31,108 @@ def texts_to_tag(texts: list[str] | None, file: str | None) -> list[str]:
     return items
 
 
+DEFAULT_BATCH_SIZE = 32
+
+
 def tag_words(tagger, tokenizer, words: list[str], max_length: int) -> list[str]:
     """Tags for one sentence of words (a too-long sentence is tagged window by window, each word once)."""
+    return tag_sentences(tagger, tokenizer, [words], max_length)[0]
+
+
+def tag_sentences(
+    tagger,
+    tokenizer,
+    sentences: list[list[str]],
+    max_length: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    desc: str | None = None,
+) -> list[list[str]]:
+    """One tag per word of each sentence, in the order given.
+
+    The sentences are tokenised in one call; a sentence longer than `max_length` sub-tokens is cut into
+    word windows (split_long, no overlap) so each word is tagged once. Windows run through the tagger
+    `batch_size` at a time, shortest first so a batch pads little; a CRF tagger decodes a batch at once.
+    A word with no sub-token at all (e.g. a lone zero-width space) cannot be tagged and gets "O".
+    `desc` names a progress bar over the windows.
+    """
     import torch
+    from tqdm.auto import tqdm
 
     labels = tagger.labels if hasattr(tagger, "labels") else tagger.get_base_model().labels
-    budget = max_length - tokenizer.num_special_tokens_to_add()
-    pieces = [len(tokenizer.tokenize(w)) or 1 for w in words]
-    tags: list[str] = []
-    for start, end in split_long(pieces, budget, 0):
-        encoded = tokenizer(words[start:end], is_split_into_words=True, return_tensors="pt")
-        starts = torch.tensor([word_starts(encoded.word_ids())])
-        with torch.no_grad():
-            predictions = tagger(**encoded, word_starts=starts)["logits"][0]
-        tags += [labels[int(p)] for p in predictions[starts[0].bool()]]
+    device = next(tagger.parameters()).device
+    tags = [["O"] * len(words) for words in sentences]
+    windows = sorted(_windows(tokenizer, sentences, max_length), key=lambda w: len(w.inputs["input_ids"]))
+    with tqdm(total=len(windows), desc=desc, unit="window", leave=False, disable=desc is None) as bar:
+        for first in range(0, len(windows), batch_size):
+            batch = windows[first : first + batch_size]
+            inputs = tokenizer.pad(
+                [w.inputs for w in batch], padding="longest", padding_side="right", return_tensors="pt"
+            )
+            width = inputs["input_ids"].shape[1]
+            starts = torch.tensor([w.starts + [0] * (width - len(w.starts)) for w in batch])
+            with torch.no_grad():
+                predicted = tagger(**inputs.to(device), word_starts=starts.to(device))["logits"].cpu()
+            for window, row, row_starts in zip(batch, predicted, starts.bool(), strict=True):
+                for word, label in zip(window.words, row[row_starts].tolist(), strict=True):
+                    tags[window.sentence][word] = labels[label]
+            bar.update(len(batch))
     return tags
+
+
+@dataclass
+class _Window:
+    sentence: int  # index into the sentences given
+    words: list[int]  # the words it tags (those with sub-tokens), in order
+    inputs: dict  # input_ids, attention_mask (token_type_ids) with the special tokens
+    starts: list[int]  # word_starts of inputs["input_ids"]
+
+
+def _windows(tokenizer, sentences: list[list[str]], max_length: int) -> list[_Window]:
+    """The tagger inputs of every sentence: one window each, or several for one too long for the model.
+
+    A window of a long sentence is a slice of the sentence's encoding between its special tokens: with
+    is_split_into_words each word is tokenised on its own, so the slice equals encoding the window's
+    words alone.
+    """
+    budget = max_length - tokenizer.num_special_tokens_to_add()
+    todo = [i for i, words in enumerate(sentences) if words]
+    if not todo:
+        return []
+    # verbose=False: no "longer than the maximum sequence length" warning; long sentences are cut below
+    encoded = tokenizer(
+        [sentences[i] for i in todo], is_split_into_words=True, truncation=False, verbose=False
+    )
+    windows = []
+    for row, sentence in enumerate(todo):
+        word_ids = encoded.word_ids(row)
+        positions = [p for p, w in enumerate(word_ids) if w is not None]
+        if not positions:
+            continue  # no word has a sub-token
+        head, tail = positions[0], positions[-1] + 1  # special tokens before and after the words
+        columns = {key: values[row] for key, values in encoded.items()}
+        # a word's sub-tokens are contiguous and in word order; counted 1 when it has none, as split_long
+        # has always been given (len(tokenizer.tokenize(word)) or 1)
+        pieces = [0] * len(sentences[sentence])
+        for w in word_ids[head:tail]:
+            pieces[w] += 1
+        offsets = [head]
+        for count in pieces:
+            offsets.append(offsets[-1] + count)
+        for start, end in split_long([count or 1 for count in pieces], budget, 0):
+            words = [w for w in range(start, end) if pieces[w]]
+            if not words:
+                continue
+            keep = [*range(head), *range(offsets[start], offsets[end]), *range(tail, len(word_ids))]
+            kept_ids = [word_ids[p] for p in keep]
+            windows.append(
+                _Window(
+                    sentence=sentence,
+                    words=words,
+                    inputs={key: [values[p] for p in keep] for key, values in columns.items()},
+                    starts=word_starts(kept_ids),
+                )
+            )
+    return windows
 
 
 def split_text(text: str, unit: str) -> tuple[list[str], list[tuple[int, int]]]:

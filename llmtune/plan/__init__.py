@@ -9,7 +9,8 @@ What `llmtune plan --recipe FILE` prints:
 No weights are loaded. The model's config is read (a local config.json, the recipe's `from_config`, a
 demo model's GGUF metadata, or config.json + tokenizer files from the hub) and the model is built on
 PyTorch's meta device, where parameters have shapes but no storage: a 70B model is counted in a second,
-exactly, with tied weights once, and the recipe's adapter applied with PEFT as training would apply it.
+exactly, with tied weights once, and the recipe's adapter counted as PEFT creates it in training (LoRA and
+DoRA by PEFT's rules without importing PEFT, which takes seconds; the other adapters applied by PEFT).
 
 Memory per device = model states + activations + logits + a fixed overhead:
 
@@ -38,9 +39,10 @@ Memory per device = model states + activations + logits + a fixed overhead:
 benchmarks/plan_vs_measured.py checks the CPU estimate against the peak RSS of real runs.
 
 The modules: formulas.py (the papers' formulas and the constants),
-shape.py (the config and the meta-device model), memory.py (the bytes per device, part by part),
-suggestions.py (changes that make a run fit), throughput.py (tokens, FLOPs, steps), render.py (the text
-`llmtune plan` prints) and planner.py (`estimate` and the Plan it returns).
+shape.py (the config and the meta-device model), lora_count.py (LoRA's parameters without PEFT),
+memory.py (the bytes per device, part by part), suggestions.py (changes that make a run fit),
+throughput.py (tokens, FLOPs, steps), render.py (the text `llmtune plan` prints) and planner.py
+(`estimate` and the Plan it returns).
 """
 
 from llmtune.plan.formulas import activation_bytes, logits_bytes, parse_memory, zero_model_states

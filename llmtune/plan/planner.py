@@ -10,7 +10,7 @@ from typing import Any
 from llmtune.errors import LlmtuneError
 from llmtune.plan.memory import Setup, memory_per_device, recipe_command, run_facts
 from llmtune.plan.render import assumptions, render_plan
-from llmtune.plan.shape import adapted, model_config, model_shape
+from llmtune.plan.shape import adapted, meta_model, model_config, model_shape
 from llmtune.plan.suggestions import Suggestion, suggest_changes
 from llmtune.plan.throughput import throughput_summary
 
@@ -75,8 +75,9 @@ def estimate(
     command = recipe_command(recipe)
     train = recipe.train.trainer_kwargs()
     config, name, source = model_config(recipe.model)
-    shape = model_shape(config, recipe.model, name, source)
-    trainable, peft_params, dropout_features = adapted(config, recipe.model, recipe.peft)
+    model = meta_model(config, recipe.model)
+    shape = model_shape(model, config, recipe.model, name, source)
+    trainable, peft_params, dropout_features = adapted(config, recipe.model, recipe.peft, model)
     run = run_facts(recipe, command, train, target)
     checkpointing = gradient_checkpointing
     if checkpointing is None:
@@ -98,7 +99,7 @@ def estimate(
     fits = None if device_memory_bytes is None else memory["total"] <= device_memory_bytes
     suggestions = []
     if fits is False:
-        suggestions = suggest_changes(recipe, config, shape, setup, run, device_memory_bytes)
+        suggestions = suggest_changes(recipe, config, model, shape, setup, run, device_memory_bytes)
 
     other = dataclasses.replace(setup, gradient_checkpointing=not checkpointing)
     other_activations = memory_per_device(shape, other, run)[0]["activations"]

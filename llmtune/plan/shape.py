@@ -108,7 +108,8 @@ def _config_from_sizes(section):
     return config_from_section(section, load_tokenizer(section, None))
 
 
-def _meta_model(config, section):
+def meta_model(config, section):
+    """The model of `config` on the meta device: shapes, no storage."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -121,17 +122,37 @@ def _meta_model(config, section):
         ) from None
 
 
-def adapted(config, model_section, peft_section) -> tuple[int, int, int]:
-    """(trainable, total, LoRA dropout input features) with the adapter applied on the meta device."""
+def adapted(config, model_section, peft_section, model=None) -> tuple[int, int, int]:
+    """(trainable, total, LoRA dropout input features) with the adapter applied on the meta device.
+
+    `model` is the meta model of `config` (built when not given), counted as it is and left unchanged:
+    LoRA and DoRA are counted without PEFT (lora_count.py); other adapters are applied by PEFT to a
+    model of their own, since PEFT changes the model it wraps."""
+    from llmtune.models import count_parameters
+    from llmtune.plan.lora_count import lora_counts
+
+    given = model is not None
+    if not given:
+        model = meta_model(config, model_section)
+    if peft_section.method == "none":
+        total = count_parameters(model)[1]
+        return total, total, 0
+    counted = lora_counts(model, peft_section)
+    if counted is not None:
+        return counted
+    if given:  # PEFT changes the model it wraps: not the caller's
+        model = meta_model(config, model_section)
+    return peft_counts(model, peft_section)
+
+
+def peft_counts(model, peft_section) -> tuple[int, int, int]:
+    """(trainable, total, LoRA dropout input features) of the meta model `model` wrapped by PEFT with the
+    recipe's adapter (which changes `model`)."""
     import torch
 
     from llmtune.adapters import apply_peft
     from llmtune.models import count_parameters
 
-    model = _meta_model(config, model_section)
-    if peft_section.method == "none":
-        total = count_parameters(model)[1]
-        return total, total, 0
     # QLoRA adapts the same layers as LoRA (bitsandbytes' Linear4bit is an nn.Linear); a prompt-tuning
     # text init only chooses starting values.
     changes: dict[str, Any] = {"prompt_tuning_init_text": None}
@@ -148,13 +169,13 @@ def adapted(config, model_section, peft_section) -> tuple[int, int, int]:
     return (*count_parameters(model), dropout_features)
 
 
-def model_shape(config, section, name: str, source: str) -> ModelShape:
-    """The sizes the memory model needs, counted on the meta device (tied weights once)."""
+def model_shape(model, config, section, name: str, source: str) -> ModelShape:
+    """The sizes the memory model needs, counted on `model`, the meta model of `config` (tied weights
+    once)."""
     import torch
 
     from llmtune.models import count_parameters
 
-    model = _meta_model(config, section)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     layers = int(text.num_hidden_layers)
     output = model.get_output_embeddings()

@@ -20,17 +20,18 @@ class Suggestion:
     fits: bool
 
 
-def suggest_changes(recipe, config, shape, setup: Setup, run: Run, budget: int) -> list[Suggestion]:
+def suggest_changes(recipe, config, model, shape, setup: Setup, run: Run, budget: int) -> list[Suggestion]:
     """Changes that lower memory, each with its estimate. Those that fit come first, least disruptive
     first (a setting, then the method, then more GPUs); then the others, smallest first. When none fits
-    alone, the first combination of them (in that order) that does is added."""
+    alone, the first combination of them (in that order) that does is added. `model` is the meta model of
+    `config`, which stays unchanged."""
 
     def total(s: Setup) -> int:
         return memory_per_device(shape, s, run)[0]["total"]
 
     def with_peft(method: str) -> Setup:
         section = recipe.peft.model_copy(update={"method": method})
-        trainable, params, dropout = adapted(config, recipe.model, section)
+        trainable, params, dropout = adapted(config, recipe.model, section, model)
         return dataclasses.replace(
             setup,
             peft_method=method,

@@ -105,6 +105,7 @@ class NerTaskSection(Section):
     tag_column: int = -1
     max_samples: int | None = Field(None, gt=0)
     on_bad_rows: Literal["error", "skip"] = "error"
+    batch_size: int = Field(32, gt=0, description="Sentences (or windows of long ones) tagged at once.")
 
 
 class EvalRecipe(Recipe):

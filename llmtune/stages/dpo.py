@@ -24,12 +24,14 @@ from llmtune.data.chat_dataset import load_chat_data
 from llmtune.data.templates import end_of_turn_token
 from llmtune.errors import LlmtuneError
 from llmtune.generation import set_stop_tokens
+from llmtune.lm_head import plain_head_for_dpo
 from llmtune.manifest import model_entry
 from llmtune.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_source
 from llmtune.recipe import DpoRecipe
 from llmtune.run_folder import RunFolder
 from llmtune.training import (
     TRAINING_PHASES,
+    final_evaluation,
     quiet_datasets,
     run_training,
     save_trained,
@@ -189,6 +191,7 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
                 callbacks=callbacks,
                 **trainer_kwargs,
             )
+        plain_head_for_dpo(trainer)  # TRL's fused LM head is slower on a CPU (llmtune/lm_head.py)
         train_output = run_training(trainer, recipe, run)
         save_trained(trainer, run)  # the trained weights first: what follows can be interrupted
 
@@ -202,7 +205,7 @@ def run(recipe: DpoRecipe, *, overwrite: bool = False, resume: bool = False) -> 
         }
         if has_eval:
             evals = [e for e in trainer.state.log_history if "eval_loss" in e]
-            final = trainer.evaluate()
+            final = final_evaluation(trainer)
             for key in ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins"):
                 if key in final:
                     results[key.replace("/", "_")] = final[key]

@@ -24,6 +24,7 @@ from llmtune.recipe import PretrainRecipe
 from llmtune.run_folder import RunFolder
 from llmtune.training import (
     TRAINING_PHASES,
+    final_evaluation,
     run_training,
     save_trained,
     standard_callbacks,
@@ -131,7 +132,7 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
             results["first_logged_loss"], results["last_logged_loss"] = losses[0], losses[-1]
         if has_eval:
             evals = metrics_from_log_history(trainer.state.log_history)["eval"]
-            final = trainer.evaluate()
+            final = final_evaluation(trainer)
             results["eval_loss"] = final.get("eval_loss", final.get("eval_validation_loss"))
             results["eval_perplexity"] = math.exp(results["eval_loss"])
             if "eval_train_loss" in final:

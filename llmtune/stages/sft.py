@@ -27,6 +27,7 @@ from llmtune.run_folder import RunFolder
 from llmtune.training import (
     TRAINING_PHASES,
     TokenCounter,
+    final_evaluation,
     quiet_datasets,
     run_training,
     save_trained,
@@ -41,7 +42,9 @@ log = logging.getLogger("llmtune")
 def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> dict:
     """Train as the recipe says and write the run folder; returns the results summary."""
     from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from llmtune.sft_trainer import sft_trainer_class
 
     folder = RunFolder.for_training(recipe, "sft", overwrite=overwrite, resume=resume)
     train_kwargs = recipe.train.trainer_kwargs()
@@ -126,7 +129,7 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
             run.dir, use_tensorboard=use_tensorboard, early_stopping=recipe.early_stopping
         )
         with quiet_datasets():
-            trainer = SFTTrainer(
+            trainer = sft_trainer_class()(
                 model=model,
                 args=args,
                 train_dataset=datasets["train"],
@@ -158,7 +161,7 @@ def run(recipe: SftRecipe, *, overwrite: bool = False, resume: bool = False) -> 
         }
         if has_eval:
             evals = metrics_from_log_history(trainer.state.log_history)["eval"]
-            final = trainer.evaluate()
+            final = final_evaluation(trainer)
             results["eval_loss"] = final["eval_loss"]
             results["eval_perplexity"] = math.exp(final["eval_loss"])
             if evals:
