@@ -257,7 +257,12 @@ def run_recipe_model(folder: Path) -> ModelSection | None:
 
 
 def load_adapter_model(
-    folder: str | Path, *, base: str | None = None, dtype: str = "float32", hub: str = "auto"
+    folder: str | Path,
+    *,
+    base: str | None = None,
+    dtype: str = "float32",
+    hub: str = "auto",
+    reward: bool = False,
 ):
     """(PeftModel in eval mode, tokenizer, notes) for an adapter folder, the adapter NOT merged.
 
@@ -266,6 +271,7 @@ def load_adapter_model(
     absolute path does not). A base quantised on disk (bitsandbytes) is de-quantised to `dtype`; a QLoRA
     adapter is applied to the base in `dtype` (not 4-bit). The embedding is resized to the run's tokenizer
     (tokens added by a chat template) before the adapter, which carries the resized rows, is loaded.
+    `reward`: the adapter of an `llmtune reward` run, loaded on the base as a reward model (score head).
     """
     from peft import PeftModel
 
@@ -297,7 +303,13 @@ def load_adapter_model(
         section,
         resolved if not has_tokenizer_files(folder) else ResolvedModel(folder, "local", str(folder)),
     )
-    model = load_causal_lm(section, resolved, tokenizer)
+    if reward:
+        from llmtune.reward_model import load_reward_model
+
+        model = load_reward_model(section, resolved, tokenizer)
+        model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+    else:
+        model = load_causal_lm(section, resolved, tokenizer)
     if getattr(model, "is_quantized", False):
         notes.append(f"the base {base} is quantised on disk; de-quantised to {dtype} before merging")
         model = model.dequantize().to(resolve_dtype(dtype))

@@ -15,7 +15,8 @@ from llmtune.console import user_errors
 
 app = typer.Typer(
     name="llmtune",
-    help="Train language models from YAML recipes: pretrain, sft, dpo, lora-ner; check data and plan memory "
+    help="Train language models from YAML recipes: pretrain, sft, dpo, reward, grpo, rloo, lora-ner; check data "
+    "and plan memory "
     "before training; merge adapters and evaluate after.",
     epilog="Examples:\n\n"
     "  llmtune sft --recipe recipes/quickstart.yaml\n\n"
@@ -192,6 +193,23 @@ app.command(
     help="Preference tuning on chosen/rejected pairs: DPO (any TRL loss type), ORPO, SimPO, KTO.",
     epilog="Example: llmtune dpo --recipe recipes/dpo/smollm2-135m-dpo-en.yaml --set dpo.loss_type=ipo",
 )(_training_command("dpo"))
+app.command(
+    "reward",
+    help="Train a reward model (a causal LM with a scalar head) on chosen/rejected pairs; reports held-out "
+    "pairwise accuracy and reward distributions before and after.",
+    epilog="Example: llmtune reward --recipe recipes/reward/smollm2-135m-reward-en.yaml",
+)(_training_command("reward"))
+app.command(
+    "grpo",
+    help="Online RL with GRPO (TRL GRPOTrainer): the model answers prompts, reward functions score the answers "
+    "(exact/numeric match, format, length, a trained reward model, your own function).",
+    epilog="Example: llmtune grpo --recipe recipes/grpo/smollm2-135m-arithmetic.yaml",
+)(_training_command("grpo"))
+app.command(
+    "rloo",
+    help="Online RL with RLOO (TRL RLOOTrainer, leave-one-out baseline): the same recipes as grpo.",
+    epilog="Example: llmtune rloo --recipe recipes/grpo/smollm2-135m-arithmetic.yaml",
+)(_training_command("rloo"))
 
 
 data_app = typer.Typer(help="Inspect training data without training.", no_args_is_help=True)
@@ -220,7 +238,7 @@ def data_check(
             raise LlmtuneError(f"--samples {samples}: must be 0 or more.")
         if color not in ("auto", "always", "never"):
             raise LlmtuneError(f"--color {color!r}: expected auto, always or never.")
-        loaded = _load(recipe, None, set_, allowed=("sft", "dpo"))
+        loaded = _load(recipe, None, set_, allowed=("sft", "dpo", "reward", "grpo", "rloo"))
         from llmtune.stages import data_check as stage
 
         use_color = color == "always" or (color == "auto" and sys.stdout.isatty())
@@ -272,8 +290,9 @@ def lora_ner_predict(
 
 @app.command(
     help="Estimate memory per device (weights, gradients, optimizer states, activations, logits) and tokens per "
-    "step for a pretrain/sft/dpo recipe, from the model config alone (no weights loaded); say whether it fits "
-    "and what to change when it does not.",
+    "step for a pretrain/sft/dpo/reward/grpo/rloo recipe (grpo/rloo: with the generation memory and the "
+    "reference model), from the model config alone (no weights loaded); say whether it fits and what to "
+    "change when it does not.",
     epilog="Example: llmtune plan --recipe recipes/sft/llama3-8b-qlora-medical.yaml --device-memory 24GB",
 )
 def plan(
@@ -299,7 +318,7 @@ def plan(
             from llmtune.errors import LlmtuneError
 
             raise LlmtuneError(f"--nproc {nproc}: must be at least 1.")
-        loaded = _load(recipe, None, set_, allowed=("pretrain", "sft", "dpo"))
+        loaded = _load(recipe, None, set_, allowed=("pretrain", "sft", "dpo", "reward", "grpo", "rloo"))
         result = estimate(
             loaded,
             device_memory_bytes=(
@@ -368,6 +387,11 @@ def eval_(
     mcq: list[str] = typer.Option(None, "--mcq", help="MMLU/CMMLU CSV file or folder. Repeatable."),
     generate: list[str] = typer.Option(None, "--generate", help="A prompt to answer. Repeatable."),
     ner: list[str] = typer.Option(None, "--ner", help="BIO or span-JSON file for NER F1. Repeatable."),
+    reward: list[str] = typer.Option(
+        None,
+        "--reward",
+        help="Preference file (chosen/rejected pairs) to score with a reward model. Repeatable.",
+    ),
     out: str = typer.Option(None, "--out", "-o", help="Results folder (sets eval.output_dir)."),
     set_: list[str] = SetOption,
     print_config: bool = PrintConfigOption,
@@ -388,6 +412,7 @@ def eval_(
             "perplexity.files": perplexity,
             "mcq.files": mcq,
             "ner.files": ner,
+            "reward.files": reward,
             "generate.prompts": generate,
         }
         overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value]

@@ -45,6 +45,8 @@ class ChatDataReport:
     truncated: dict[str, int] = field(default_factory=dict)
     dropped_overlong: dict[str, int] = field(default_factory=dict)
     dropped_no_answer_tokens: dict[str, int] = field(default_factory=dict)
+    dropped_long_prompt: dict[str, int] = field(default_factory=dict)  # reward pairs: no room for an answer
+    prompt_cut: dict[str, int] = field(default_factory=dict)  # reward pairs: the prompt's start cut too
     tokens: dict[str, int] = field(default_factory=dict)
     trained_tokens: dict[str, int] = field(default_factory=dict)
     length_stats: dict[str, dict] = field(default_factory=dict)
@@ -85,6 +87,15 @@ class ChatDataReport:
                 extra.append(f"{self.truncated[name]:,} truncated to {self.max_length}")
             if self.dropped_overlong.get(name):
                 extra.append(f"{self.dropped_overlong[name]:,} dropped as longer than {self.max_length}")
+            if self.prompt_cut.get(name):
+                extra.append(
+                    f"{self.prompt_cut[name]:,} of them with the start of the prompt cut too (the prompt alone "
+                    f"leaves less than a quarter of max_length for the answer)"
+                )
+            if self.dropped_long_prompt.get(name):
+                extra.append(
+                    f"{self.dropped_long_prompt[name]:,} dropped (the prompt alone fills max_length {self.max_length})"
+                )
             if self.dropped_no_answer_tokens.get(name):
                 extra.append(
                     f"{self.dropped_no_answer_tokens[name]:,} dropped (no answer token left within max_length)"

@@ -9,6 +9,7 @@ One reader per shape, all producing OpenAI-style messages (`role` ∈ system, us
     preference          prompt, chosen, rejected (strings or message lists)
     alpaca_preference   instruction, input, chosen, rejected (LLMs-from-scratch ch.7)
     sharegpt_preference conversations, chosen, rejected [, system, tools] (MedicalGPT's reward data)
+    question_preference question, response_chosen, response_rejected (MedicalGPT's older reward files)
 
 Column names can be mapped in the recipe (`data.columns: {instruction: question, output: answer}`); the
 format is detected from the first row of each file when the recipe does not name it, and the detection
@@ -27,7 +28,7 @@ from llmtune.data.sources import BadRows, brief, iter_json_rows, report_bad_row
 from llmtune.errors import LlmtuneError
 
 SFT_FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion")
-PREFERENCE_FORMATS = ("preference", "alpaca_preference", "sharegpt_preference")
+PREFERENCE_FORMATS = ("preference", "alpaca_preference", "sharegpt_preference", "question_preference")
 
 SHAREGPT_ROLES = {
     "human": "user",
@@ -78,6 +79,8 @@ def detect_format(row: dict[str, Any], columns: dict[str, str], preference: bool
             return "preference"
         if {"instruction", "chosen", "rejected"} <= has:
             return "alpaca_preference"
+        if {"question", "response_chosen", "response_rejected"} <= has:
+            return "question_preference"
         return None
     if "messages" in has:
         return "messages"
@@ -103,6 +106,9 @@ _CANONICAL = (
     "chosen",
     "rejected",
     "tools",
+    "question",
+    "response_chosen",
+    "response_rejected",
 )
 _REQUIRED = {
     "alpaca": ("instruction", "output"),
@@ -112,6 +118,7 @@ _REQUIRED = {
     "preference": ("prompt", "chosen", "rejected"),
     "alpaca_preference": ("instruction", "chosen", "rejected"),
     "sharegpt_preference": ("conversations", "chosen", "rejected"),
+    "question_preference": ("question", "response_chosen", "response_rejected"),
 }
 
 
@@ -191,6 +198,9 @@ def parse_row(row: dict, fmt: str, columns: dict[str, str], where: str, default_
         messages = _prompt_messages(get("prompt"), system)
         messages.append({"role": "assistant", "content": _text(get("completion"), "completion")})
         return Conversation(_checked(messages, final="assistant"), where, tools)
+    if fmt == "question_preference":
+        prompt = _prompt_messages(_text(get("question"), "question"), system)
+        return _pair(prompt, get("response_chosen"), get("response_rejected"), where, tools)
     if fmt == "preference":
         return _pair(_prompt_messages(get("prompt"), system), get("chosen"), get("rejected"), where, tools)
     raise LlmtuneError(f"data.format: unknown format {fmt!r}")

@@ -12,6 +12,7 @@ HEADLINE = {
         ("accuracy_text_norm", True),
     ],
     "ner": [("f1", True), ("precision", True), ("recall", True), ("macro_f1", True)],
+    "reward": [("accuracy", True), ("mean_margin", True)],
 }
 
 
@@ -33,6 +34,13 @@ def metric_rows(results: dict) -> list[tuple[str, str, float]]:
                 rows.append((task, f"accuracy {benchmark}", values["accuracy"]))
             for subject, values in found["subjects"].items():
                 rows.append((task, f"accuracy {subject}", values["accuracy"]))
+        if task == "reward":
+            rows.append((task, "chosen mean", found["chosen"]["mean"]))
+            rows.append((task, "rejected mean", found["rejected"]["mean"]))
+            if len(found["files"]) > 1:
+                for path, values in found["files"].items():
+                    if "accuracy" in values:
+                        rows.append((task, f"accuracy {path.rsplit('/', 1)[-1]}", values["accuracy"]))
     if "generate" in results:
         rows.append(("generate", "mean new tokens", results["generate"]["mean_new_tokens"]))
         rows.append(("generate", "stopped at end of turn", results["generate"]["stopped_share"]))

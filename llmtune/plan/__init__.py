@@ -36,6 +36,22 @@ Memory per device = model states + activations + logits + a fixed overhead:
   adapted layer's input, autocast's 16-bit copies of fp32 weights, DDP's gradient buckets (a second
   copy of the gradients), ZeRO-3/FSDP's gathered layers, ZeRO's communication buckets.
 
+The commands after sft change the model or add a phase:
+
+- reward builds AutoModelForSequenceClassification (num_labels=1): the LM head (vocab x hidden) gives way
+  to a score head Linear(hidden, 1), trained in full under an adapter too (PEFT modules_to_save); a pair
+  is 2 sequences (chosen + rejected) and the logits are b·s·1. No reference model.
+- grpo and rloo (TRL 1.16 GRPOTrainer / RLOOTrainer) alternate two phases that never hold memory at once,
+  and the total counts the larger on top of weights, gradients and optimizer: the training step on
+  per_device_train_batch_size completions of max_prompt_length + max_completion_length tokens (logits
+  b·s·V, an upper bound: TRL scores log-probs with a tiled fused LM head), and generation, whose KV cache
+  holds 2·layers·kv_heads·head_dim·bytes per token (Ainslie et al. 2023 for the grouped kv heads) for
+  every completion a process samples at once (TRL's GRPOConfig.__post_init__: per_device_train_batch_size
+  x steps_per_generation, steps_per_generation defaulting to gradient_accumulation_steps), plus one
+  decoding step's fp32 logits. With beta != 0 a full-parameter run holds a frozen reference copy (under
+  PEFT the adapter is switched off instead) and scores each micro-batch with it, without gradients.
+  vLLM's memory (use_vllm) is outside the estimate.
+
 benchmarks/plan_vs_measured.py checks the CPU estimate against the peak RSS of real runs.
 
 The modules: formulas.py (the papers' formulas and the constants),
@@ -45,7 +61,13 @@ throughput.py (tokens, FLOPs, steps), render.py (the text `llmtune plan` prints)
 (`estimate` and the Plan it returns).
 """
 
-from llmtune.plan.formulas import activation_bytes, logits_bytes, parse_memory, zero_model_states
+from llmtune.plan.formulas import (
+    activation_bytes,
+    kv_cache_bytes,
+    logits_bytes,
+    parse_memory,
+    zero_model_states,
+)
 from llmtune.plan.planner import STRATEGIES, TARGETS, Plan, estimate
 from llmtune.plan.shape import model_config
 from llmtune.plan.suggestions import Suggestion
@@ -57,6 +79,7 @@ __all__ = [
     "Suggestion",
     "activation_bytes",
     "estimate",
+    "kv_cache_bytes",
     "logits_bytes",
     "model_config",
     "parse_memory",

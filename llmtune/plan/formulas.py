@@ -113,3 +113,10 @@ def activation_bytes(
 def logits_bytes(*, seq_len: int, micro_batch: int, vocab_size: int) -> int:
     """fp32 logits held twice: the upcast for the loss and the saved log-softmax."""
     return 2 * micro_batch * seq_len * vocab_size * 4
+
+
+def kv_cache_bytes(*, layers: int, kv_heads: int, head_dim: int, bytes_per_value: int, tokens: int) -> int:
+    """The KV cache of generation: a key and a value vector of kv_heads·head_dim values per layer for each
+    of `tokens` tokens (summed over the batch), 2·L·kv_heads·d·bytes a token (grouped-query attention
+    caches kv_heads, not attention_heads; Ainslie et al. 2023)."""
+    return 2 * layers * kv_heads * head_dim * bytes_per_value * tokens

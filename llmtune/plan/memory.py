@@ -12,6 +12,7 @@ from llmtune.plan.formulas import (
     NF4_BITS,
     ZERO2_ALLGATHER_BUCKET,
     activation_bytes,
+    kv_cache_bytes,
     logits_bytes,
     zero_model_states,
 )
@@ -33,32 +34,84 @@ class Setup:
     dropout_features: int  # input features of every LoRA layer with dropout (each keeps a dropped-out copy)
 
 
+# TRL 1.16's defaults of the GRPOConfig / RLOOConfig keys the plan reads (trl/trainer/grpo_config.py and
+# rloo_config.py); read here as constants so that `plan` never imports trl (seconds of torch, peft and
+# bitsandbytes imports). tests/unit/test_plan_rl.py checks them against the installed dataclasses.
+TRL_RL_DEFAULTS = {
+    "grpo": {"num_generations": 8, "max_completion_length": 512, "beta": 0.0},
+    "rloo": {"num_generations": 2, "max_completion_length": 512, "beta": 0.05},
+    "both": {"num_iterations": 1, "use_vllm": False, "ds3_gather_for_generation": True},
+}
+
+# The parts of the two phases of a grpo/rloo step that never hold memory at the same time: the policy's
+# training step (forward + backward on a micro-batch) and generation (sampling the completions, then
+# scoring them without gradients). The total counts the larger phase on top of the rest.
+PHASE_PARTS = {
+    "train_step": ("activations", "adapter_dropout", "logits"),
+    "generation": ("generation_kv_cache", "generation_logits", "generation_gathered_weights"),
+    "scoring": ("scoring_logits",),
+}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """grpo/rloo: how completions are sampled (TRL's GRPOConfig/RLOOConfig names)."""
+
+    prompt_length: int  # data.max_prompt_length
+    completion_length: int  # max_completion_length
+    num_generations: int  # completions per prompt
+    generation_batch_size: int | None  # over all processes, when the recipe sets it
+    steps_per_generation: int | None  # when the recipe sets it; neither: gradient_accumulation_steps
+    num_iterations: int  # updates per generation batch (μ)
+    beta: float  # KL coefficient; != 0 runs the reference model
+    use_vllm: bool
+    ds3_gather_for_generation: bool
+
+    def sequences_per_device(self, micro_batch: int, accumulation: int, nproc: int) -> int:
+        """Completions one process generates at once (TRL GRPOConfig.__post_init__: the generation batch
+        is per_device_train_batch_size x processes x steps_per_generation, each process sampling its share)."""
+        if self.generation_batch_size is not None:
+            return -(-self.generation_batch_size // nproc)
+        return micro_batch * (self.steps_per_generation or accumulation)
+
+
 @dataclass(frozen=True)
 class Run:
     """What the recipe fixes: the command, sequence shape and precision."""
 
-    command: str  # pretrain, sft, dpo
+    command: str  # pretrain, sft, dpo, reward, grpo, rloo
     seq_len: int
     sequences_per_example: int  # 2 for preference pairs: chosen and rejected go through one forward
-    reference_copy: bool  # full-parameter DPO/KTO holds a frozen copy of the model
-    reference_forward: bool  # DPO/KTO run the reference (or the adapter-disabled model) every step
+    reference_copy: bool  # full-parameter DPO/KTO/GRPO/RLOO holds a frozen copy of the model
+    reference_forward: bool  # DPO/KTO (and GRPO/RLOO with beta != 0) run the reference every step
     weight_dtype: str  # float32, bfloat16 or float16
     weight_bytes: int
     mixed_precision: bool  # train.bf16 / train.fp16: autocast
     target: str
     double_quant: bool
+    generation: Generation | None = None  # grpo/rloo
 
 
 _DTYPE_NAMES = {2: "16-bit", 4: "fp32"}  # by bytes; bf16 or fp16 as the recipe says
+COMMANDS = ("pretrain", "sft", "dpo", "reward", "grpo", "rloo")
 
 
 def recipe_command(recipe) -> str:
     from llmtune.recipe import DpoRecipe, PretrainRecipe, SftRecipe
+    from llmtune.recipe.alignment import GrpoRecipe, RewardRecipe, RlooRecipe
 
-    for klass, name in ((PretrainRecipe, "pretrain"), (SftRecipe, "sft"), (DpoRecipe, "dpo")):
+    kinds = (
+        (PretrainRecipe, "pretrain"),
+        (SftRecipe, "sft"),
+        (DpoRecipe, "dpo"),
+        (RewardRecipe, "reward"),
+        (RlooRecipe, "rloo"),  # before grpo: an RlooRecipe is a GrpoRecipe
+        (GrpoRecipe, "grpo"),
+    )
+    for klass, name in kinds:
         if isinstance(recipe, klass):
             return name
-    raise LlmtuneError(f"cannot plan a {type(recipe).__name__}: plan covers pretrain, sft and dpo recipes.")
+    raise LlmtuneError(f"cannot plan a {type(recipe).__name__}: plan covers {', '.join(COMMANDS)} recipes.")
 
 
 def run_facts(recipe, command: str, train: dict, target: str) -> Run:
@@ -68,6 +121,34 @@ def run_facts(recipe, command: str, train: dict, target: str) -> Run:
     weight_bytes = 4 if dtype == "float32" else 2
     # llmtune's default for train.bf16 is "the model is bf16" (training.training_arguments).
     mixed = bool(train.get("bf16", dtype == "bfloat16") or train.get("fp16", False))
+    common = {
+        "weight_dtype": dtype,
+        "weight_bytes": weight_bytes,
+        "mixed_precision": mixed,
+        "target": target,
+        "double_quant": recipe.peft.double_quant,
+    }
+    if command in ("grpo", "rloo"):
+        generation = _generation(recipe, command, train)
+        uses_reference = generation.beta != 0
+        return Run(
+            command=command,
+            seq_len=generation.prompt_length + generation.completion_length,
+            sequences_per_example=1,
+            reference_copy=uses_reference and not recipe.peft.is_peft,
+            reference_forward=uses_reference,
+            generation=generation,
+            **common,
+        )
+    if command == "reward":
+        return Run(
+            command=command,
+            seq_len=recipe.data.max_length,
+            sequences_per_example=2,  # chosen and rejected
+            reference_copy=False,
+            reference_forward=False,
+            **common,
+        )
     preference = command == "dpo"
     algorithm = recipe.dpo.algorithm if preference else None
     uses_reference = algorithm in ("dpo", "kto")
@@ -79,18 +160,40 @@ def run_facts(recipe, command: str, train: dict, target: str) -> Run:
         sequences_per_example=2 if preference and algorithm != "kto" else 1,
         reference_copy=uses_reference and not recipe.peft.is_peft and not precomputed,
         reference_forward=uses_reference and not precomputed,
-        weight_dtype=dtype,
-        weight_bytes=weight_bytes,
-        mixed_precision=mixed,
-        target=target,
-        double_quant=recipe.peft.double_quant,
+        **common,
+    )
+
+
+def _generation(recipe, command: str, train: dict) -> Generation:
+    defaults = {**TRL_RL_DEFAULTS["both"], **TRL_RL_DEFAULTS[command]}
+
+    def get(key):
+        value = train.get(key)
+        return defaults[key] if value is None else value
+
+    given_batch = train.get("generation_batch_size")
+    given_steps = train.get("steps_per_generation")
+    return Generation(
+        prompt_length=recipe.data.max_prompt_length,
+        completion_length=int(get("max_completion_length")),
+        num_generations=int(get("num_generations")),
+        generation_batch_size=None if given_batch is None else int(given_batch),
+        steps_per_generation=None if given_steps is None else int(given_steps),
+        num_iterations=int(get("num_iterations")),
+        beta=float(get("beta")),
+        use_vllm=bool(get("use_vllm")),
+        ds3_gather_for_generation=bool(get("ds3_gather_for_generation")),
     )
 
 
 def memory_per_device(
     shape: ModelShape, setup: Setup, run: Run
 ) -> tuple[dict[str, int], dict[str, str], int]:
-    """(bytes per device by part, with a "total"; a note per part; host RAM for offload)."""
+    """(bytes per device by part, with a "total"; a note per part; host RAM for offload).
+
+    The parts sum to the total, except for grpo/rloo, whose training step and generation come one after
+    the other: there the total counts the larger of the phases (PHASE_PARTS, `phase_totals`) on top of the
+    other parts."""
     n, strategy = setup.nproc, setup.strategy
     trainable = setup.trainable_params
     frozen = setup.peft_params - trainable
@@ -192,8 +295,11 @@ def memory_per_device(
     adapter_dropout = (
         run.seq_len * sequences * setup.dropout_features / shape.layers * dropout_layers * (act_bytes + 1)
     )
-    logits = logits_bytes(seq_len=run.seq_len, micro_batch=sequences, vocab_size=shape.vocab_size)
+    # A reward model's score head gives one value a token (read at the last one), not a vocabulary's.
+    width = 1 if run.command == "reward" else shape.vocab_size
+    logits = logits_bytes(seq_len=run.seq_len, micro_batch=sequences, vocab_size=width)
     overhead = GPU_OVERHEAD_BYTES if run.target == "gpu" else CPU_OVERHEAD_BYTES
+    generation = _generation_parts(shape, setup, run)
 
     parts = {
         "weights": weights,
@@ -206,10 +312,13 @@ def memory_per_device(
         "activations": activations,
         "adapter_dropout": adapter_dropout,
         "logits": logits,
+        **generation,
         "overhead": overhead,
     }
     memory = {k: int(round(v)) for k, v in parts.items()}
-    memory["total"] = sum(memory.values())
+    phases = phase_totals(memory, run)
+    shared = sum(v for k, v in memory.items() if not any(k in p for p in PHASE_PARTS.values()))
+    memory["total"] = shared + max(phases.values()) if phases else sum(memory.values())
     if strategy in ("single", "ddp"):
         trainable_note = f"{_DTYPE_NAMES[trainable_dtype]} trainable"
     elif strategy == "fsdp":
@@ -225,7 +334,8 @@ def memory_per_device(
         + (" (on CPU)" if strategy == "zero3-offload" else ""),
         "gradients": "of trainable parameters" + (" (on CPU)" if strategy == "zero3-offload" else ""),
         "optimizer": optimizer_note + (" (on CPU)" if strategy == "zero3-offload" else ""),
-        "reference_model": "frozen copy for full-parameter DPO",
+        "reference_model": f"frozen copy for full-parameter {run.command.upper()}"
+        + (f" (beta {run.generation.beta:g})" if run.generation else ""),
         "autocast_copies": "16-bit copies of fp32 weights under autocast",
         "gathered_params": "ZeRO-3/FSDP: current + prefetched layer, 16-bit",
         "comm_buffers": {"ddp": "DDP gradient buckets", "zero2": "ZeRO-2 all-gather + reduce buckets"}.get(
@@ -235,7 +345,72 @@ def memory_per_device(
         + ("checkpointed, " if setup.gradient_checkpointing else "no checkpointing, ")
         + f"{'fused' if fused else 'eager'} attention, {_DTYPE_NAMES[act_bytes]}",
         "adapter_dropout": "dropped-out inputs of LoRA layers, and masks",
-        "logits": f"fp32, x2 for the loss, vocab {shape.vocab_size:,}",
+        "logits": (
+            "score head: 1 value a token (no vocabulary logits)"
+            if run.command == "reward"
+            else f"fp32, x2 for the loss, vocab {shape.vocab_size:,}"
+            + (" (upper bound: TRL's fused LM head tiles them)" if run.generation else "")
+        ),
+        **_generation_notes(shape, setup, run),
         "overhead": "CUDA context, workspaces, allocator" if run.target == "gpu" else "framework, allocator",
     }
     return memory, notes, cpu
+
+
+def phase_totals(memory: dict[str, int], run: Run) -> dict[str, int]:
+    """grpo/rloo: the bytes of each phase of a step (PHASE_PARTS) in `memory`; {} for other commands."""
+    if run.generation is None:
+        return {}
+    return {
+        phase: sum(memory.get(k, 0) for k in keys)
+        for phase, keys in PHASE_PARTS.items()
+        if phase != "scoring" or run.reference_forward
+    }
+
+
+def _generation_parts(shape: ModelShape, setup: Setup, run: Run) -> dict[str, float]:
+    """grpo/rloo: what sampling and scoring the completions hold (none for other commands).
+
+    Generation (transformers' generate, no gradients): the KV cache of every completion a process samples
+    at once, at full prompt + completion length, and the next-token logits of one decoding step (batch x
+    vocab, fp32). Under ZeRO-3 TRL gathers the whole policy for generation (ds3_gather_for_generation).
+    Scoring (the reference's log-probs, beta != 0): one micro-batch forward without gradients, its logits
+    in fp32 once. With vLLM the sampling runs in vLLM, whose memory is not counted here."""
+    gen = run.generation
+    if gen is None:
+        return {}
+    sequences = gen.sequences_per_device(setup.micro_batch, setup.accumulation, setup.nproc)
+    cache_bytes = 2 if setup.peft_method == "qlora" else run.weight_bytes  # QLoRA computes in bf16
+    parts = {"generation_kv_cache": 0.0, "generation_logits": 0.0, "generation_gathered_weights": 0.0}
+    if not gen.use_vllm:
+        parts["generation_kv_cache"] = kv_cache_bytes(
+            layers=shape.layers,
+            kv_heads=shape.kv_heads,
+            head_dim=shape.head_dim,
+            bytes_per_value=cache_bytes,
+            tokens=sequences * run.seq_len,
+        )
+        parts["generation_logits"] = sequences * shape.vocab_size * 4
+        if setup.strategy.startswith("zero3") and gen.ds3_gather_for_generation:
+            # The whole 16-bit policy on every GPU, less the shard already counted in weights.
+            held = 1.0 if setup.strategy == "zero3-offload" else (setup.nproc - 1) / setup.nproc
+            parts["generation_gathered_weights"] = 2 * setup.peft_params * held
+    parts["scoring_logits"] = (
+        setup.micro_batch * run.seq_len * shape.vocab_size * 4 if run.reference_forward else 0.0
+    )
+    return parts
+
+
+def _generation_notes(shape: ModelShape, setup: Setup, run: Run) -> dict[str, str]:
+    gen = run.generation
+    if gen is None:
+        return {}
+    sequences = gen.sequences_per_device(setup.micro_batch, setup.accumulation, setup.nproc)
+    return {
+        "generation_kv_cache": f"{sequences} completions x {run.seq_len} tokens "
+        f"({gen.prompt_length} prompt + {gen.completion_length} completion), {shape.layers} layers x "
+        f"{shape.kv_heads} kv heads x {shape.head_dim}",
+        "generation_logits": f"one decoding step: {sequences} x vocab {shape.vocab_size:,}, fp32",
+        "generation_gathered_weights": "ZeRO-3 gathers the whole 16-bit policy to generate",
+        "scoring_logits": f"reference log-probs, {setup.micro_batch} sequences, fp32, no gradients",
+    }

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.plan.memory import Setup, memory_per_device, recipe_command, run_facts
+from llmtune.plan.memory import PHASE_PARTS, Setup, memory_per_device, phase_totals, recipe_command, run_facts
 from llmtune.plan.render import assumptions, render_plan
-from llmtune.plan.shape import adapted, meta_model, model_config, model_shape
+from llmtune.plan.shape import counted, meta_model, model_config, model_shape, reward_shape
 from llmtune.plan.suggestions import Suggestion, suggest_changes
 from llmtune.plan.throughput import throughput_summary
 
@@ -26,7 +26,7 @@ class Plan:
     command: str
     model: dict[str, Any]
     training: dict[str, Any]
-    memory: dict[str, int]  # per device; the parts sum to memory["total"]
+    memory: dict[str, int]  # per device; the parts sum to memory["total"] (grpo/rloo: see phases)
     memory_notes: dict[str, str]  # what each part assumes, for render()
     activations_without_checkpointing: int
     activations_with_checkpointing: int
@@ -36,6 +36,10 @@ class Plan:
     throughput: dict[str, Any]
     suggestions: list[Suggestion] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
+    # grpo/rloo: the phases of a step that never overlap, each {"parts": [memory keys], "bytes": n};
+    # memory["total"] counts the largest (peak_phase) on top of the parts in no phase. Empty otherwise.
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    peak_phase: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -53,12 +57,12 @@ def estimate(
     gradient_checkpointing: bool | None = None,
     target: str = "gpu",
 ) -> Plan:
-    """Plan `recipe` (a loaded PretrainRecipe, SftRecipe or DpoRecipe) without loading weights.
+    """Plan `recipe` (a loaded pretrain, sft, dpo, reward, grpo or rloo recipe) without loading weights.
 
     device_memory_bytes: memory of one device to check the plan against; default the first CUDA GPU's
         when `target` is gpu and one is present, else none (the plan is only reported).
     nproc: processes (devices) sharing the run; strategy: single, ddp, fsdp, zero2, zero3, zero3-offload.
-    gradient_checkpointing: override the recipe (sft and dpo default to on, as TRL does; pretrain off).
+    gradient_checkpointing: override the recipe (TRL's trainers default to on; pretrain off).
     target: gpu (dtype auto = bfloat16) or cpu (dtype auto = float32, single or ddp only).
     """
     if strategy not in STRATEGIES:
@@ -77,7 +81,9 @@ def estimate(
     config, name, source = model_config(recipe.model)
     model = meta_model(config, recipe.model)
     shape = model_shape(model, config, recipe.model, name, source)
-    trainable, peft_params, dropout_features = adapted(config, recipe.model, recipe.peft, model)
+    trainable, peft_params, dropout_features = counted(config, recipe.model, recipe.peft, model, command)
+    if command == "reward":
+        shape = reward_shape(shape)
     run = run_facts(recipe, command, train, target)
     checkpointing = gradient_checkpointing
     if checkpointing is None:
@@ -94,6 +100,7 @@ def estimate(
         dropout_features=dropout_features,
     )
     memory, notes, cpu_bytes = memory_per_device(shape, setup, run)
+    phase_bytes = phase_totals(memory, run)
     if device_memory_bytes is None and target == "gpu":
         device_memory_bytes = _detected_gpu_memory()
     fits = None if device_memory_bytes is None else memory["total"] <= device_memory_bytes
@@ -129,6 +136,7 @@ def estimate(
             "gradient_accumulation_steps": setup.accumulation,
             "gradient_checkpointing": checkpointing,
             "reference_copy": run.reference_copy,
+            **_generation_facts(run, setup),
         },
         memory=memory,
         memory_notes=notes,
@@ -140,7 +148,29 @@ def estimate(
         throughput=throughput_summary(recipe, train, shape, setup, run),
         suggestions=suggestions,
         assumptions=assumptions(run, setup),
+        phases={
+            phase: {"parts": list(PHASE_PARTS[phase]), "bytes": value} for phase, value in phase_bytes.items()
+        },
+        peak_phase=max(phase_bytes, key=phase_bytes.get) if phase_bytes else None,
     )
+
+
+def _generation_facts(run, setup: Setup) -> dict[str, Any]:
+    """grpo/rloo: the sampling settings the estimate used (TRL's defaults where the recipe is silent)."""
+    gen = run.generation
+    if gen is None:
+        return {}
+    return {
+        "max_prompt_length": gen.prompt_length,
+        "max_completion_length": gen.completion_length,
+        "num_generations": gen.num_generations,
+        "generation_sequences_per_device": gen.sequences_per_device(
+            setup.micro_batch, setup.accumulation, setup.nproc
+        ),
+        "num_iterations": gen.num_iterations,
+        "beta": gen.beta,
+        "use_vllm": gen.use_vllm,
+    }
 
 
 def _detected_gpu_memory() -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from llmtune.plan.formulas import GPU_OVERHEAD_BYTES
-from llmtune.plan.memory import Run, Setup
+from llmtune.plan.memory import PHASE_PARTS, Run, Setup
 
 if TYPE_CHECKING:  # planner.py imports this module to build a Plan
     from llmtune.plan.planner import Plan
@@ -25,7 +25,62 @@ def assumptions(run: Run, setup: Setup) -> list[str]:
         notes.append(
             f"fixed overhead {GPU_OVERHEAD_BYTES / 2**30:.1f} GiB per GPU (CUDA context, workspaces)"
         )
+    if run.command == "reward":
+        notes.append(
+            "reward: AutoModelForSequenceClassification (num_labels=1): the LM head is replaced by a score "
+            "head (hidden x 1) trained in full, under an adapter too; each pair is 2 sequences (chosen + "
+            "rejected) of data.max_length tokens; no vocabulary logits, no reference model"
+        )
+    gen = run.generation
+    if gen is not None:
+        notes.extend(_rl_assumptions(run, setup))
     return notes
+
+
+def _rl_assumptions(run: Run, setup: Setup) -> list[str]:
+    gen = run.generation
+    sequences = gen.sequences_per_device(setup.micro_batch, setup.accumulation, setup.nproc)
+    notes = [
+        f"{run.command}: the training step and generation run one after the other, so the total counts the "
+        "larger of them (train step: activations + logits; generation: KV cache + one step's logits) on top "
+        "of weights, gradients and optimizer",
+        f"training step: {setup.micro_batch} completions of {run.seq_len} tokens (data.max_prompt_length "
+        f"{gen.prompt_length} + max_completion_length {gen.completion_length}); the log-prob logits are "
+        "counted as b·s·V fp32 twice, an upper bound: TRL 1.16 computes the selective log-softmax with a "
+        "tiled fused LM head",
+        f"generation: {sequences} completions a process at once (per_device_train_batch_size x "
+        "steps_per_generation, or generation_batch_size / processes); the KV cache is "
+        "2·layers·kv_heads·head_dim·bytes per token at full prompt + completion length; prefill "
+        "activations are not counted",
+        f"num_generations {gen.num_generations} sets how many of those completions share a prompt, not "
+        "their number: memory does not change with it",
+    ]
+    global_batch = sequences * setup.nproc
+    if global_batch % gen.num_generations:
+        notes.append(
+            f"TRL will refuse this run: the generation batch ({global_batch} over {setup.nproc} "
+            f"process(es)) is not a multiple of num_generations {gen.num_generations}"
+        )
+    if gen.beta == 0:
+        notes.append("beta 0: no reference model (TRL loads none)")
+    elif run.reference_copy:
+        notes.append(
+            f"beta {gen.beta:g} with full training: a frozen copy of the model is the reference (weights, "
+            "and a forward without gradients when completions are scored)"
+        )
+    else:
+        notes.append(
+            f"beta {gen.beta:g} under {setup.peft_method}: the reference is the model with the adapter off"
+        )
+    if gen.use_vllm:
+        notes.append(
+            "use_vllm: completions are sampled by vLLM, whose memory (its weights and KV cache; colocate "
+            "mode takes vllm_gpu_memory_utilization of each GPU) is outside this estimate"
+        )
+    return notes
+
+
+_PHASE_LABELS = {"train_step": "train step", "generation": "generation", "scoring": "scoring (reference)"}
 
 
 def _size(value: float) -> str:
@@ -61,11 +116,19 @@ def render_plan(plan: Plan) -> str:
         f"{t['strategy']} x {t['nproc']} ({t['target']})"
     )
     seqs = "x 2 (chosen + rejected) " if t["sequences_per_example"] == 2 else ""
+    if "num_generations" in t:
+        seqs = "completions "
     lines.append(
         f"  batch     micro-batch {t['micro_batch']} {seqs}x {t['sequence_length']} tokens, accumulation "
         f"{t['gradient_accumulation_steps']}, {t['nproc']} process(es) -> {th['tokens_per_step']:,} tokens "
         f"per optimizer step, ~{th['flops_per_step'] / 1e12:,.1f} TFLOP"
     )
+    if "num_generations" in t:
+        lines.append(
+            f"  sampling  {t['generation_sequences_per_device']} completions per process at once, "
+            f"{t['num_generations']} per prompt, prompt {t['max_prompt_length']} + completion "
+            f"{t['max_completion_length']} tokens; beta {t['beta']:g}" + (", vLLM" if t["use_vllm"] else "")
+        )
     if th["steps_per_epoch"] is not None:
         epochs = f"{th['epochs']:g} epoch(s)" if th["epochs"] else "train.max_steps"
         lines.append(
@@ -77,12 +140,25 @@ def render_plan(plan: Plan) -> str:
     lines.append("")
     lines.append(f"  memory per {'GPU' if t['target'] == 'gpu' else 'process (CPU RAM)'}")
     width = max(len(k) for k in plan.memory)
-    for key, value in plan.memory.items():
-        if key == "total" or (value == 0 and key not in ("weights", "gradients", "optimizer")):
-            continue
-        lines.append(
-            f"    {key.replace('_', ' '):<{width}} {_size(value):>11}  {plan.memory_notes.get(key, '')}"
-        )
+    in_phase = {k for p in plan.phases.values() for k in p["parts"]}
+
+    def part(key: str, indent: str = "    ") -> None:
+        value = plan.memory[key]
+        if value or key in ("weights", "gradients", "optimizer"):
+            name = key.replace("_", " ")
+            lines.append(
+                f"{indent}{name:<{width + 4 - len(indent)}} {_size(value):>11}  {plan.memory_notes.get(key, '')}"
+            )
+
+    for key in plan.memory:
+        if key != "total" and key not in in_phase:
+            part(key)
+    for phase, facts in plan.phases.items():
+        when = "the peak: counted in the total" if phase == plan.peak_phase else "not at the same time"
+        lines.append(f"    {_PHASE_LABELS[phase]:<{width}} {_size(facts['bytes']):>11}  {when}")
+        for key in PHASE_PARTS[phase]:
+            if key in plan.memory:
+                part(key, "      ")
     lines.append(f"    {'total':<{width}} {_size(plan.memory['total']):>11}")
     other = (
         plan.activations_without_checkpointing

@@ -3,6 +3,7 @@ counted with and without the recipe's adapter."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ class ModelShape:
     layers: int
     hidden_size: int
     attention_heads: int
+    kv_heads: int  # key/value heads (fewer than attention_heads under GQA/MQA): what the KV cache holds
+    head_dim: int
     vocab_size: int
     tied_embeddings: bool
     attention: str  # the kernel training will use
@@ -202,6 +205,8 @@ def model_shape(model, config, section, name: str, source: str) -> ModelShape:
         layers=layers,
         hidden_size=int(text.hidden_size),
         attention_heads=int(text.num_attention_heads),
+        kv_heads=int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads),
+        head_dim=int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads),
         vocab_size=int(embedding.shape[0]),
         tied_embeddings=output_weight is not None and output_weight is embedding,
         attention=attention,
@@ -210,3 +215,38 @@ def model_shape(model, config, section, name: str, source: str) -> ModelShape:
         lm_head_params=lm_head,
         largest_unit_params=max(block, embedding.numel(), lm_head),
     )
+
+
+def reward_shape(shape: ModelShape) -> ModelShape:
+    """`shape` as `llmtune reward` builds the model: AutoModelForSequenceClassification with num_labels=1,
+    i.e. the backbone without the LM head (vocab x hidden) and a `score` Linear(hidden, 1, bias=False)."""
+    untied_head = 0 if shape.tied_embeddings else shape.lm_head_params
+    return dataclasses.replace(
+        shape,
+        architecture=shape.architecture.replace("ForCausalLM", "ForSequenceClassification"),
+        parameters=shape.parameters - untied_head + shape.hidden_size,
+        tied_embeddings=False,
+        linear_params=shape.linear_params - shape.lm_head_params + shape.hidden_size,
+        lm_head_params=0,
+    )
+
+
+def counted(config, model_section, peft_section, model, command: str) -> tuple[int, int, int]:
+    """`adapted` for the model `command` trains: the causal LM's counts, or for reward those of its
+    sequence-classification twin (no LM head; the score head, hidden x 1, trained in full). Under an
+    adapter the head is in PEFT's modules_to_save (TRL's RewardTrainer asks for it), which keeps a
+    trainable copy beside the original."""
+    counts = adapted(config, model_section, peft_section, model)
+    if command != "reward":
+        return counts
+    trainable, total, dropout = counts
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is model.get_input_embeddings().weight
+    untied_head = output.weight.numel() if output is not None and not tied else 0
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    head = int(text.hidden_size)
+    backbone = total - untied_head
+    if peft_section.method == "none":
+        return backbone + head, backbone + head, dropout
+    copy = head if peft_section.method in ("lora", "dora", "qlora") else 0
+    return trainable + head, backbone + head + copy, dropout

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from llmtune.plan.memory import Run, Setup, memory_per_device
-from llmtune.plan.shape import adapted
+from llmtune.plan.shape import counted
 
 
 @dataclass
@@ -31,7 +31,7 @@ def suggest_changes(recipe, config, model, shape, setup: Setup, run: Run, budget
 
     def with_peft(method: str) -> Setup:
         section = recipe.peft.model_copy(update={"method": method})
-        trainable, params, dropout = adapted(config, recipe.model, section, model)
+        trainable, params, dropout = counted(config, recipe.model, section, model, run.command)
         return dataclasses.replace(
             setup,
             peft_method=method,

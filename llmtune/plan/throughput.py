@@ -21,11 +21,18 @@ def throughput_summary(recipe, train: dict, shape: ModelShape, setup: Setup, run
         per_token += 2 * n + attention
     if run.reference_forward:
         per_token += 2 * n + attention
+    gen = run.generation
+    if gen is not None:
+        # Sampling: a forward per token (the KV cache spares recomputing the prefix), once per generation
+        # batch, which num_iterations updates reuse.
+        per_token += (2 * n + attention) / gen.num_iterations
     rows, why = _train_rows(recipe, run)
     steps = None
     if rows is not None:
-        batches = math.ceil(rows / (setup.micro_batch * setup.nproc))
-        steps = max(1, math.ceil(batches / setup.accumulation))
+        # grpo/rloo: each prompt is sampled num_generations times, and each batch used num_iterations times.
+        examples = rows * (gen.num_generations if gen else 1)
+        batches = math.ceil(examples / (setup.micro_batch * setup.nproc))
+        steps = max(1, math.ceil(batches / setup.accumulation)) * (gen.num_iterations if gen else 1)
     max_steps = int(train.get("max_steps", -1))
     epochs = float(train.get("num_train_epochs", 3.0))
     total_steps = max_steps if max_steps > 0 else (math.ceil(steps * epochs) if steps else None)
@@ -64,7 +71,8 @@ def _train_rows(recipe, run: Run) -> tuple[int | None, str]:
             return None, exc.message
         if data.max_samples is not None:
             count = min(count, data.max_samples)
-        rows += count * (data.weights[index] if data.weights and index < len(data.weights) else 1.0)
+        weights = getattr(data, "weights", None)  # grpo/rloo prompts have no mixing weights
+        rows += count * (weights[index] if weights and index < len(weights) else 1.0)
     if not data.validation_files and data.validation_split > 0:
         rows -= max(1, round(rows * data.validation_split))
     if run.command == "dpo" and recipe.dpo.algorithm == "kto":

@@ -29,8 +29,22 @@ legacy.py (names from other tools and older transformers), train_keys.py (train:
 dataclasses), messages.py (validation errors as messages) and loading.py (file + --set → recipe).
 """
 
+from llmtune.recipe.alignment import (
+    GrpoRecipe,
+    RewardFunctionSection,
+    RewardRecipe,
+    RewardSection,
+    RlooRecipe,
+    RlSection,
+)
 from llmtune.recipe.base import INPUT_PATH, InputPath, OneOrMany, Recipe, Section
-from llmtune.recipe.data import ChatDataSection, CleaningSection, NerDataSection, TextDataSection
+from llmtune.recipe.data import (
+    ChatDataSection,
+    CleaningSection,
+    NerDataSection,
+    PromptDataSection,
+    TextDataSection,
+)
 from llmtune.recipe.eval import (
     EvalRecipe,
     EvalSection,
@@ -38,6 +52,7 @@ from llmtune.recipe.eval import (
     McqTaskSection,
     NerTaskSection,
     PerplexityTaskSection,
+    RewardTaskSection,
 )
 from llmtune.recipe.legacy import DROPPED_TRAIN_KEYS, RENAMED_TRAIN_KEYS
 from llmtune.recipe.loading import RECIPES, load_recipe, recipe_from_mapping, recipe_kind
@@ -68,6 +83,7 @@ __all__ = [
     "EvalRecipe",
     "EvalSection",
     "GenerateTaskSection",
+    "GrpoRecipe",
     "InputPath",
     "LaunchSection",
     "McqTaskSection",
@@ -79,8 +95,15 @@ __all__ = [
     "OneOrMany",
     "PeftSection",
     "PerplexityTaskSection",
+    "PromptDataSection",
     "PretrainRecipe",
     "Recipe",
+    "RewardFunctionSection",
+    "RewardRecipe",
+    "RewardSection",
+    "RewardTaskSection",
+    "RlSection",
+    "RlooRecipe",
     "SamplesSection",
     "Section",
     "SftRecipe",

@@ -113,6 +113,7 @@ class ChatDataSection(Section):
         "preference",
         "alpaca_preference",
         "sharegpt_preference",
+        "question_preference",
     ] = Field("auto", description="Row shape; auto = detected from each file's first row (and reported).")
     columns: dict[str, str] = Field(
         default_factory=dict, description="Our field name → the file's, e.g. {instruction: question}."
@@ -139,6 +140,48 @@ class ChatDataSection(Section):
 
     @model_validator(mode="after")
     def check_validation_source(self) -> ChatDataSection:
+        if self.validation_files and self.validation_split > 0:
+            raise ValueError("give data.validation_files or data.validation_split, not both")
+        return self
+
+
+class PromptDataSection(Section):
+    """Prompts for online RL (grpo, rloo): the model answers them and reward functions score the answers.
+
+    Rows are `messages` (ending with the user's turn; a final assistant turn is taken as the reference
+    answer), `prompt` (a string or messages), `question` + `answer` (MedicalGPT's grpo data) or alpaca
+    (`instruction`, `input`, `output` as the reference). Every other column of a row travels with the prompt
+    to the reward functions (e.g. the reference answer).
+    """
+
+    key_aliases: ClassVar[dict[str, str]] = CHAT_DATA_KEY_ALIASES
+
+    train_files: OneOrMany[InputPath] = Field(..., min_length=1)
+    validation_files: OneOrMany[InputPath] = Field(default_factory=list)
+    validation_split: float = Field(0.0, ge=0, lt=1)
+    seed: Seed = 42
+    format: Literal["auto", "messages", "prompt", "question_answer", "alpaca"] = Field(
+        "auto", description="Row shape; auto = detected from each file's first row (and reported)."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Our field name → the file's, e.g. {question: problem, answer: solution}.",
+    )
+    system: str | None = Field(None, description="System prompt for rows that have none.")
+    template: str | None = Field(
+        None,
+        description="Chat template: none = the model's own; chatml, llama3, qwen, alpaca; or a Jinja string.",
+    )
+    max_prompt_length: int = Field(
+        512, gt=0, description="Tokens of a rendered prompt; longer prompts are dropped and counted."
+    )
+    max_samples: int | None = Field(None, gt=0, description="Use only the first N valid rows of each file.")
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error", description="A bad row: stop naming file and line, or skip and count it by reason."
+    )
+
+    @model_validator(mode="after")
+    def check_validation_source(self) -> PromptDataSection:
         if self.validation_files and self.validation_split > 0:
             raise ValueError("give data.validation_files or data.validation_split, not both")
         return self

@@ -108,8 +108,40 @@ class NerTaskSection(Section):
     batch_size: int = Field(32, gt=0, description="Sentences (or windows of long ones) tagged at once.")
 
 
+class RewardTaskSection(Section):
+    """Pairwise accuracy of a reward model (an `llmtune reward` run or a merged one) on preference pairs."""
+
+    files: OneOrMany[InputPath] = Field(
+        ..., min_length=1, description="Preference files (.jsonl/.json) in any format dpo and reward read."
+    )
+    format: Literal[
+        "auto", "preference", "alpaca_preference", "sharegpt_preference", "question_preference"
+    ] = Field("auto", description="Row shape; auto = detected from each file's first row (and reported).")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Our field name → the file's, e.g. {question: prompt}."
+    )
+    system: str | None = Field(None, description="System prompt for rows that have none.")
+    template: str | None = Field(
+        None,
+        description="Chat template: none = the reward model's own (the one it was trained with); or a name "
+        "or Jinja string.",
+    )
+    max_length: int = Field(
+        1024,
+        gt=0,
+        description="Tokens per scored answer (prompt + answer); longer answers are cut as in "
+        "training, keeping the prompt, and counted.",
+    )
+    max_samples: int | None = Field(
+        None, gt=0, description="Score only the first N valid pairs of each file."
+    )
+    on_bad_rows: Literal["error", "skip"] = "error"
+    batch_size: int = Field(16, gt=0, description="Sequences scored at once.")
+
+
 class EvalRecipe(Recipe):
-    """`llmtune eval`: perplexity, multiple choice, generation and NER F1 on one model or two."""
+    """`llmtune eval`: perplexity, multiple choice, generation, NER F1 and reward-model accuracy on one model
+    or two."""
 
     model: ModelSection | None = None
     eval: EvalSection = Field(default_factory=EvalSection)
@@ -117,13 +149,20 @@ class EvalRecipe(Recipe):
     mcq: McqTaskSection | None = None
     generate: GenerateTaskSection | None = None
     ner: NerTaskSection | None = None
+    reward: RewardTaskSection | None = None
 
     @property
     def tasks(self) -> list[str]:
-        return [name for name in ("perplexity", "mcq", "generate", "ner") if getattr(self, name) is not None]
+        return [
+            name
+            for name in ("perplexity", "mcq", "generate", "ner", "reward")
+            if getattr(self, name) is not None
+        ]
 
     @model_validator(mode="after")
     def check_eval(self) -> EvalRecipe:
         if not self.tasks:
-            raise ValueError("no task: add at least one of the sections perplexity, mcq, generate, ner")
+            raise ValueError(
+                "no task: add at least one of the sections perplexity, mcq, generate, ner, reward"
+            )
         return self

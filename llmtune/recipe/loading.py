@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmtune.errors import LlmtuneError, did_you_mean
+from llmtune.recipe.alignment import GrpoRecipe, RewardRecipe, RlooRecipe
 from llmtune.recipe.base import Recipe, input_path_kind, is_input_path, is_output_path, submodel
 from llmtune.recipe.eval import EvalRecipe, EvalSection
 from llmtune.recipe.messages import describe_validation_error, format_problems
@@ -39,6 +40,9 @@ RECIPES: dict[str, type[Recipe]] = {
     "pretrain": PretrainRecipe,
     "sft": SftRecipe,
     "dpo": DpoRecipe,
+    "reward": RewardRecipe,
+    "grpo": GrpoRecipe,
+    "rloo": RlooRecipe,
     "lora-ner": NerRecipe,
     "eval": EvalRecipe,
 }
@@ -65,6 +69,10 @@ def recipe_kind(path: str | os.PathLike, allowed: tuple[str, ...] = tuple(RECIPE
     model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
     if "dpo" in raw:
         kind = "dpo"
+    elif "reward" in raw:
+        kind = "reward"
+    elif "rewards" in raw or "rl" in raw:
+        kind = "grpo"
     elif "ner" in raw or {"test_files", "tag_column", "scheme"} & set(data):
         kind = "lora-ner"
     elif {"perplexity", "mcq", "generate", "eval"} & set(raw):
@@ -112,6 +120,7 @@ def recipe_from_mapping(
     problems: list[str] = non_finite + _path_problems(raw, recipe_class, given)
     reported = {_key_of(line) for line in non_finite}
     later: list[str] = []
+    _move_legacy_train_keys(raw, recipe_class, notes, later)
     if isinstance(raw.get("train"), dict):
         raw["train"] = check_train_keys(raw["train"], recipe_class.train_arguments, notes, later)
     try:
@@ -127,6 +136,34 @@ def recipe_from_mapping(
     recipe._given_paths = given
     recipe._overrides = list(overrides or [])
     return recipe
+
+
+def _move_legacy_train_keys(
+    raw: dict[str, Any], recipe_class: type[Recipe], notes: list, later: list
+) -> None:
+    """Keys that older tools put among the trainer's arguments and llmtune keeps in another section
+    (MedicalGPT's `max_prompt_length` for GRPO is `data.max_prompt_length`): moved there with a note, or
+    reported when both places are given."""
+    train = raw.get("train")
+    if not isinstance(train, dict):
+        return
+    for old, new in getattr(recipe_class, "moved_train_keys", {}).items():
+        if old not in train:
+            continue
+        section, _, key = new.partition(".")
+        target = raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            continue
+        if key in target:
+            later.append(f"train.{old}: also given as {new}; keep only {new}")
+            train.pop(old)
+            continue
+        value = train.pop(old)
+        if old == "train_samples" and value == -1:  # MedicalGPT's "all rows"
+            notes.append(f"train.{old}: -1 (MedicalGPT's 'all rows') is llmtune's default; dropped")
+            continue
+        target[key] = value
+        notes.append(f"train.{old} (MedicalGPT / older TRL) is {new} in llmtune; used as {new}")
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

@@ -18,16 +18,22 @@ from llmtune.data.chat_dataset import (
     tokenize_examples,
 )
 from llmtune.models import load_tokenizer, resolve_model_source
-from llmtune.recipe import DpoRecipe, SftRecipe
+from llmtune.recipe import DpoRecipe, GrpoRecipe, RewardRecipe, SftRecipe
 
 GREEN, RESET = "\033[32m", "\033[0m"
 
 
-def run(recipe: SftRecipe | DpoRecipe, *, samples: int = 2, color: bool = False) -> str:
+def run(
+    recipe: SftRecipe | DpoRecipe | RewardRecipe | GrpoRecipe, *, samples: int = 2, color: bool = False
+) -> str:
     """The report as text."""
-    preference = isinstance(recipe, DpoRecipe)
     resolved = resolve_model_source(recipe.model)
     tokenizer = load_tokenizer(recipe.model, resolved)
+    if isinstance(recipe, GrpoRecipe):
+        return _prompts_report(recipe, tokenizer, samples)
+    if isinstance(recipe, RewardRecipe):
+        return _reward_report(recipe, tokenizer, samples)
+    preference = isinstance(recipe, DpoRecipe)
     examples, report = load_chat_data(
         tokenizer, recipe.data, preference=preference, describe=recipe.describe_path
     )
@@ -110,3 +116,59 @@ def _preference_samples(tokenizer, pairs) -> list[str]:
         out.append(f"\n--- sample {index + 1} ({pair.where})")
         out.append(f"{prompt}[[chosen: {pair.chosen}]]\n[[rejected: {pair.rejected}]]")
     return out
+
+
+def _reward_report(recipe: RewardRecipe, tokenizer, samples: int) -> str:
+    """What `llmtune reward` will train on: pairs read, cut to data.max_length (prompt kept) or dropped,
+    counted; the padding token; samples as the reward model will read them."""
+    from llmtune.data.reward_pairs import pair_report_lines, tokenize_pairs
+    from llmtune.reward_model import choose_pad_token
+
+    examples, report = load_chat_data(tokenizer, recipe.data, preference=True, describe=recipe.describe_path)
+    splits = tokenize_pairs(tokenizer, examples, recipe.data, report)
+    sequences = [
+        ids for split in splits.values() for side in ("chosen_ids", "rejected_ids") for ids in split[side]
+    ]
+    pad, why = choose_pad_token(tokenizer, sequences, recipe.reward.pad_token)
+    out = [f"recipe: {recipe.source} (reward)", *report.lines(), *pair_report_lines(report)]
+    out.append(f"  padding token: {pad!r} ({why}); the reward is read at each sequence's last token")
+    out.append(
+        f"  pairs longer than data.max_length {recipe.data.max_length}: "
+        + (
+            "their answers are cut and the prompt kept (data.overlong: truncate)"
+            if recipe.data.overlong == "truncate"
+            else "dropped (data.overlong: drop)"
+        )
+        + "; TRL's RewardTrainer alone would drop them silently"
+    )
+    train = splits["train"]
+    for index in range(min(samples, len(train["chosen_ids"]))):
+        out.append(f"\n--- sample {index + 1} ({train['where'][index]})")
+        for side in ("chosen", "rejected"):
+            ids = train[f"{side}_ids"][index]
+            out.append(f"[[{side}: {len(ids)} tokens]] {tokenizer.decode(ids)}")
+    return "\n".join(out)
+
+
+def _prompts_report(recipe: GrpoRecipe, tokenizer, samples: int) -> str:
+    """What `llmtune grpo/rloo` will train on: prompts read and measured, the columns the reward functions
+    get, and each reward function tried on the reference answers."""
+    from pathlib import Path
+
+    from llmtune.data.prompts import load_prompts
+    from llmtune.rl.rewards import build_reward_functions, check_reward_functions
+
+    rows, report = load_prompts(tokenizer, recipe.data, describe=recipe.describe_path)
+    out = [f"recipe: {recipe.source} ({recipe.algorithm})", *report.lines()]
+    functions = build_reward_functions(recipe.rewards, base_dir=Path(recipe.source).resolve().parent)
+    checked = check_reward_functions(functions, rows["train"] + rows.get("validation", []))
+    out.append("  rewards (tried on the first rows, the reference answer as the completion):")
+    for function in functions:
+        found = checked.get(function.__name__) if isinstance(checked, dict) else None
+        shown = f": {found}" if found is not None else ""
+        out.append(f"    {function.__name__} ({function.type}, weight {function.weight:g}){shown}")
+    for index, row in enumerate(rows["train"][:samples]):
+        text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        answer = f"\n[[reference: {row['answer']}]]" if "answer" in row else ""
+        out.append(f"\n--- sample {index + 1} ({row['where']})\n{text}{answer}")
+    return "\n".join(out)

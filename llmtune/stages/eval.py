@@ -1,13 +1,15 @@
-"""`llmtune eval`: perplexity, multiple choice, generation and NER F1 on a model, or on two side by side.
+"""`llmtune eval`: perplexity, multiple choice, generation, NER F1 and reward-model accuracy on a model, or
+on two side by side.
 
     llmtune eval --recipe recipes/eval/smollm2-mmlu-cmmlu.yaml
     llmtune eval --recipe recipes/eval/quickstart-compare.yaml      (base vs the quickstart adapter)
     llmtune eval --model runs/quickstart --mcq ../shared/data/mcq/mmlu/dev --generate "What is LoRA?"
+    llmtune eval --model runs/reward-en --reward pairs.jsonl      (a reward model's pairwise accuracy)
 
 Read top to bottom: results folder checked → inputs read and checked (before any model loads) → (results
-folder opened, staged) for each model: load (base, GGUF, merged folder, adapter run, lora-ner run) → tasks
-→ results.json, per-question and generation JSONL, report.md; with two models also compare.json /
-compare.md. The folder appears under its name only when every model has been evaluated.
+folder opened, staged) for each model: load (base, GGUF, merged folder, adapter run, lora-ner run, reward
+model) → tasks → results.json, per-question, generation and reward-score JSONL, report.md; with two models
+also compare.json / compare.md. The folder appears under its name only when every model has been evaluated.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import gc
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmtune.data.sources import BadRows, expand_sources
 from llmtune.errors import LlmtuneError
 from llmtune.evaluation import report as reports
 from llmtune.recipe import EvalRecipe
+from llmtune.reward_model import is_reward_folder
 from llmtune.run_folder import RunFolder, recipe_inputs
 
 log = logging.getLogger("llmtune")
@@ -39,6 +42,7 @@ class Inputs:
     prompts: list[str]
     ner_files: list[Path]
     skipped: dict
+    reward_pairs: list = field(default_factory=list)  # evaluation.reward.PairFile per file
 
 
 def run(recipe: EvalRecipe, *, overwrite: bool = False) -> dict:
@@ -127,10 +131,19 @@ def _read_inputs(recipe: EvalRecipe) -> Inputs:
         ner_files = expand_sources(
             recipe.ner.files, "ner.files", (".txt", ".conll", ".bio", ".tsv", ".json", ".jsonl"), describe
         )
+    reward_pairs = []
+    if recipe.reward:
+        from llmtune.evaluation.reward import read_pair_files
+
+        files = expand_sources(recipe.reward.files, "reward.files", (".jsonl", ".json"), describe)
+        reward_pairs = read_pair_files(files, recipe.reward, describe)
+        for found in reward_pairs:
+            for reason, count in found.skipped.items():
+                log.warning("reward: skipped %d row(s) of %s: %s", count, found.path, reason)
     if bad.total:
         for reason, count in bad.counts.items():
             log.warning("skipped %d row(s): %s (first: %s)", count, reason, bad.examples[reason])
-    return Inputs(perplexity_files, question_files, shots, prompts, ner_files, dict(bad.counts))
+    return Inputs(perplexity_files, question_files, shots, prompts, ner_files, dict(bad.counts), reward_pairs)
 
 
 def _labels(names: list[str]) -> list[str]:
@@ -155,11 +168,24 @@ def _evaluate(recipe: EvalRecipe, name: str, inputs: Inputs, template, out_dir: 
     if inputs.skipped:
         results["skipped_rows"] = inputs.skipped
     is_tagger = (Path(name) / "tagger.json").is_file()
+    is_reward = Path(name).is_dir() and is_reward_folder(name)
     lm_tasks = [t for t in LM_TASKS if getattr(recipe, t) is not None]
     if is_tagger and lm_tasks:
         raise LlmtuneError(
             f"{name} is a lora-ner tagger; tasks {', '.join(lm_tasks)} need a causal language model. "
             "Evaluate the tagger with the ner section only."
+        )
+    if is_reward and lm_tasks:
+        raise LlmtuneError(
+            f"{name} is a reward model (a scalar score head, no language-model head); tasks "
+            f"{', '.join(lm_tasks)} need a causal language model. Evaluate it with the reward section only "
+            "(llmtune eval --model RUN --reward PAIRS.jsonl)."
+        )
+    if recipe.reward and not is_reward:
+        raise LlmtuneError(
+            f"reward: {name} is not a reward model (no sequence-classification config, nor an adapter trained "
+            "by llmtune reward), so it has no score to rank answers with.",
+            hint="Train one with `llmtune reward --recipe recipes/reward/...` and pass its run folder with --model.",
         )
     if lm_tasks:
         model, tokenizer, template, kind = _load_lm(recipe, name, template)
@@ -205,7 +231,41 @@ def _evaluate(recipe: EvalRecipe, name: str, inputs: Inputs, template, out_dir: 
             )
         results["ner"] = evaluate_ner(run_dir, inputs.ner_files, recipe.ner)
         log.info("ner F1 %.4f on %d sentences", results["ner"]["f1"], results["ner"]["sentences"])
+    if recipe.reward:
+        results["reward"] = _evaluate_reward(recipe, name, inputs, out_dir, label)
     return results, template
+
+
+def _evaluate_reward(recipe: EvalRecipe, name: str, inputs: Inputs, out_dir: Path, label: str) -> dict:
+    """The reward task on a reward model; its per-pair scores go to reward_scores.jsonl (one file per model,
+    suffixed with its label, when comparing)."""
+    from llmtune.evaluation.generation import write_jsonl
+    from llmtune.evaluation.reward import evaluate_reward
+    from llmtune.models import resolve_dtype
+    from llmtune.reward_model import load_trained_reward_model
+
+    dtype = str(resolve_dtype(recipe.model.dtype if recipe.model else "float32")).removeprefix("torch.")
+    started = time.time()
+    model, tokenizer = load_trained_reward_model(name, dtype=dtype)
+    found = evaluate_reward(model, tokenizer, inputs.reward_pairs, recipe.reward)
+    del model
+    gc.collect()
+    write_jsonl(
+        found["rows"],
+        out_dir / ("reward_scores.jsonl" if not recipe.eval.compare else f"reward_scores-{label}.jsonl"),
+    )
+    metrics = found["metrics"]
+    metrics["seconds"] = round(time.time() - started, 1)
+    log.info(
+        "reward accuracy %.4f, mean margin %.4f on %d pairs (%d truncated to %d tokens, %d dropped)",
+        metrics["accuracy"],
+        metrics["mean_margin"],
+        metrics["pairs"],
+        metrics["truncated"],
+        metrics["max_length"],
+        metrics["dropped"],
+    )
+    return metrics
 
 
 def _load_lm(recipe: EvalRecipe, name: str, template):
@@ -264,6 +324,14 @@ def _report_markdown(name: str, results: dict) -> str:
     lines = [f"# llmtune eval: `{name}`", "", "| task | metric | value |", "|---|---|---:|"]
     for task, metric, value in reports.metric_rows(results):
         lines.append(f"| {task} | {metric} | {value:.4f} |")
+    if "reward" in results:
+        found = results["reward"]
+        lines += [
+            "",
+            f"reward: {found['pairs']} pairs scored ({found['ties']} ties), {found['truncated']} with an answer cut "
+            f"to {found['max_length']} tokens, {found['dropped']} dropped (the prompt alone fills "
+            f"max_length); template: {found['template']}.",
+        ]
     if "generate" in results:
         lines += ["", "| prompt | output |", "|---|---|"]
         for row in results["generate"]["rows"]:

@@ -8,6 +8,11 @@ adapter is QLoRA) → the adapter model's logits and greedy answers on fixed pro
 staging folder → load it back with plain `AutoModelForCausalLM.from_pretrained` → compare → rename the
 staging folder to --out. A failed check removes only the staging folder; --out is untouched.
 
+A reward-model adapter (`llmtune reward`, task_type SEQ_CLS) merges the same way into its sequence-
+classification model (the trained score head kept), saved to load with plain
+`AutoModelForSequenceClassification.from_pretrained`; the check compares its scores (its "logits") on the
+first training pairs, and there are no greedy answers to compare, since a reward model does not generate.
+
 Peers merge and report success; their users find out later that the merged model answers differently
 (a dropped LoRA, a lost resized embedding, a wrong dtype). Hence the comparison is part of the command.
 
@@ -104,7 +109,13 @@ def run(
         )
     method = _training_method(adapter_dir, adapter_config)
     base_name = base or adapter_config.get("base_model_name_or_path")
+    reward = adapter_config.get("task_type") == "SEQ_CLS"
     notes = []
+    if reward:
+        notes.append(
+            "reward-model adapter (task_type SEQ_CLS): merged into the sequence-classification model with its "
+            "trained score head; checked on scores only (a reward model does not generate, so no greedy answers)."
+        )
     if method == "qlora":
         notes.append(
             f"QLoRA adapter: the base is loaded de-quantised in {dtype} (not 4-bit) and the adapter merged "
@@ -113,17 +124,24 @@ def run(
         )
 
     about = {"adapter": str(adapter_dir), "base": base_name, "method": method, "dtype": dtype}
+    if reward:
+        about["task"] = "reward"
     with folder.open(inputs=about) as run:
         # ---- the adapter model, in float32, and what it says on the check prompts
         started = time.time()
-        model, tokenizer, load_notes = load_adapter_model(adapter_dir, base=base, dtype="float32", hub=hub)
+        model, tokenizer, load_notes = load_adapter_model(
+            adapter_dir, base=base, dtype="float32", hub=hub, reward=reward
+        )
         notes += load_notes
         for note in notes:
             log.info("note: %s", note)
-        texts, prompts, prompt_source = _check_prompts(adapter_dir, tokenizer)
+        if reward:
+            texts, prompts, prompt_source = _reward_check_texts(adapter_dir, tokenizer)
+        else:
+            texts, prompts, prompt_source = _check_prompts(adapter_dir, tokenizer)
         inputs = [_ids(tokenizer, text) for text in texts]
         generation_inputs = [_ids(tokenizer, text) for text in prompts]
-        log.info("Checking on %d prompts (%s)", len(prompts), prompt_source)
+        log.info("Checking on %d prompts (%s)", len(texts), prompt_source)
         with torch.no_grad():
             adapter_logits = [model(ids).logits[0] for ids in inputs]
             with model.disable_adapter():
@@ -171,11 +189,17 @@ def run(
 
         # ---- save into the staging folder, load it back as a user would, compare
         merged = merged.to(resolve_dtype(dtype))
-        _set_generation_config(merged, tokenizer, adapter_dir)
+        if not reward:
+            _set_generation_config(merged, tokenizer, adapter_dir)
         digests = {name: _digest(tensor) for name, tensor in merged.state_dict().items()}
         run.set_model(
             model_entry(
-                merged, name=f"{base_name} + {adapter_dir.name}", source="merge", path=str(out), peft="none"
+                merged,
+                name=f"{base_name} + {adapter_dir.name}",
+                source="merge",
+                path=str(out),
+                peft="none",
+                **({"task": "reward"} if reward else {}),
             )
         )
         merged.save_pretrained(run.dir, max_shard_size=shard_bytes)
@@ -193,9 +217,11 @@ def run(
             noise=noise,
             tolerance=tolerance,
             effect=effect,
+            reward=reward,
         )
         report.update(
             adapter=str(adapter_dir),
+            task="reward" if reward else "causal_lm",
             peft_type=peft_type,
             method=method,
             base=base_name,
@@ -214,14 +240,23 @@ def run(
             seconds=round(time.time() - started, 1),
         )
         run.write_json(REPORT, report)
-        log.info(
-            "merged %s into %s: logits within %.3g of the adapter, %d/%d greedy answers identical",
-            adapter_dir,
-            report["base"],
-            report["saved_vs_adapter_max_abs_logit"],
-            report["greedy_identical"],
-            len(prompts),
-        )
+        if reward:
+            log.info(
+                "merged reward model %s into %s: scores within %.3g of the adapter's on %d sequences",
+                adapter_dir,
+                report["base"],
+                report["saved_vs_adapter_max_abs_logit"],
+                len(texts),
+            )
+        else:
+            log.info(
+                "merged %s into %s: logits within %.3g of the adapter, %d/%d greedy answers identical",
+                adapter_dir,
+                report["base"],
+                report["saved_vs_adapter_max_abs_logit"],
+                report["greedy_identical"],
+                len(prompts),
+            )
         return run.finish(report, summary=False)
 
 
@@ -365,6 +400,39 @@ def _check_prompts(folder: Path, tokenizer) -> tuple[list[str], list[str], str]:
         ]
         return rendered, rendered, "fixed prompts through the chat template"
     return list(FIXED_PROMPTS), list(FIXED_PROMPTS), "fixed prompts"
+
+
+def _reward_check_texts(folder: Path, tokenizer) -> tuple[list[str], list[str], str]:
+    """(texts to score, no greedy prompts, where they came from) for a reward model: the chosen and the
+    rejected answer of the first training pairs, rendered with the run's template as in training; else the
+    fixed prompts, each with a short answer."""
+    texts = []
+    try:
+        from llmtune.data.chat_dataset import load_examples
+        from llmtune.recipe import ChatDataSection, load_yaml_file
+
+        raw = load_yaml_file(folder / "recipe.yaml").get("data", {})
+        data = ChatDataSection.model_validate(
+            {**raw, "max_samples": 4, "on_bad_rows": "skip", "validation_files": [], "validation_split": 0}
+        )
+        examples, _ = load_examples(data, preference=True)
+        for pair in examples["train"][:4]:
+            for answer in (pair.chosen, pair.rejected):
+                messages = [*pair.prompt, {"role": "assistant", "content": answer}]
+                texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
+    except Exception as exc:  # no recipe, moved data: the fixed prompts still check the merge
+        log.debug("check pairs from the training data unavailable: %s", exc)
+        texts = []
+    if texts:
+        return texts, [], "the first training pairs, chosen and rejected"
+    answered = [
+        [{"role": "user", "content": p}, {"role": "assistant", "content": "I do not know."}]
+        for p in FIXED_PROMPTS
+    ]
+    if tokenizer.chat_template:
+        rendered = [tokenizer.apply_chat_template(m, tokenize=False) for m in answered]
+        return rendered, [], "fixed prompts with an answer, through the chat template"
+    return [f"{m[0]['content']}\n{m[1]['content']}" for m in answered], [], "fixed prompts with an answer"
 
 
 def _ids(tokenizer, text: str):
@@ -525,12 +593,15 @@ def _check_saved(
     noise: float,
     tolerance: float,
     effect: float,
+    reward: bool = False,
 ) -> dict:
-    """Load the saved folder the way a user will, and compare it with the adapter model."""
+    """Load the saved folder the way a user will, and compare it with the adapter model (a reward model:
+    its scores, with no greedy answers to compare)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    reloaded = AutoModelForCausalLM.from_pretrained(staging, dtype=resolve_dtype(dtype)).eval()
+    loader = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
+    reloaded = loader.from_pretrained(staging, dtype=resolve_dtype(dtype)).eval()
     state = reloaded.state_dict()
     leftovers = [name for name in state if "lora_" in name or "base_layer" in name or "ia3_" in name]
     if leftovers:
@@ -550,12 +621,11 @@ def _check_saved(
         answers = [_greedy(reloaded, tokenizer, ids) for ids in generation_inputs]
     identical = sum(a == b for a, b in zip(answers, adapter_answers, strict=True))
     log.info(
-        "saved-model check (%s, loaded with from_pretrained): max |saved - adapter| logit = %.3g, "
-        "greedy answers identical %d/%d",
+        "saved-model check (%s, loaded with from_pretrained): max |saved - adapter| %s = %.3g%s",
         dtype,
+        "score" if reward else "logit",
         saved_diff,
-        identical,
-        len(answers),
+        "" if reward else f", greedy answers identical {identical}/{len(answers)}",
     )
     ties = 0
     if not math.isfinite(saved_diff):

@@ -9,13 +9,24 @@ from pathlib import Path
 
 import pytest
 
-from llmtune.recipe import DpoRecipe, EvalRecipe, NerRecipe, PretrainRecipe, SftRecipe, load_recipe
+from llmtune.recipe import (
+    DpoRecipe,
+    EvalRecipe,
+    GrpoRecipe,
+    NerRecipe,
+    PretrainRecipe,
+    RewardRecipe,
+    SftRecipe,
+    load_recipe,
+)
 from tests.conftest import REPO, tiny_pretrain_recipe
 
 SHIPPED = {
     "pretrain": PretrainRecipe,
     "sft": SftRecipe,
     "dpo": DpoRecipe,
+    "reward": RewardRecipe,
+    "grpo": GrpoRecipe,
     "lora-ner": NerRecipe,
     "quickstart.yaml": SftRecipe,
     "eval": EvalRecipe,

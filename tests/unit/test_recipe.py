@@ -297,9 +297,14 @@ def test_commands_that_take_any_training_recipe_tell_its_kind(tmp_path, write_re
     assert recipe_kind(REPO / "recipes/pretrain/gpt2-124m-the-verdict.yaml") == "pretrain"
     assert recipe_kind(REPO / "recipes/lora-ner/minilm-conll2003.yaml") == "lora-ner"
     assert recipe_kind(REPO / "recipes/eval/smollm2-mmlu-cmmlu.yaml") == "eval"
+    assert recipe_kind(REPO / "recipes/reward/smollm2-135m-reward-en.yaml") == "reward"
+    assert recipe_kind(REPO / "recipes/grpo/smollm2-135m-arithmetic.yaml") == "grpo"
     result = cli("data", "check", "--recipe", str(write_recipe(tiny_pretrain_recipe(tmp_path))))
     assert result.exit_code == 2
-    assert "is a pretrain recipe (by its sections); this command takes sft, dpo recipes" in result.stderr
+    assert (
+        "is a pretrain recipe (by its sections); this command takes sft, dpo, reward, grpo, rloo"
+        in result.stderr
+    )
 
 
 # ------------------------------------------------------------------------------------------ duplicate keys
@@ -425,6 +430,24 @@ def _every_kind(tmp_path) -> dict[str, dict]:
             "train": chat_train,
         },
         "lora-ner": {"model": chat_model, "data": {"train_files": qa}, "train": {"output_dir": "~/x"}},
+        "reward": {
+            "model": chat_model,
+            "data": {"train_files": qa, "max_length": 384},
+            "peft": {"method": "lora"},
+            "reward": {"pad_token": "<pad>"},
+            "train": {**chat_train, "center_rewards_coefficient": 0.01},
+        },
+        "grpo": {
+            "model": chat_model,
+            "data": {"train_files": qa, "max_prompt_length": 64},
+            "rewards": [
+                {"type": "numeric_match", "weight": 2},
+                {"type": "format", "pattern": "\\d+", "name": "digits"},
+                {"type": "python", "function": "my.py:f"},
+            ],
+            "rl": {"allow_user_code": True},
+            "train": {**chat_train, "num_generations": 4, "beta": 0.04},
+        },
         "eval": {
             "model": chat_model,
             "eval": {"compare": [str(tmp_path), "org/model"]},
@@ -447,7 +470,7 @@ def _round_trip(recipe, kind, tmp_path):
     return reloaded
 
 
-@pytest.mark.parametrize("kind", ["pretrain", "sft", "dpo", "lora-ner", "eval"])
+@pytest.mark.parametrize("kind", ["pretrain", "sft", "dpo", "reward", "grpo", "lora-ner", "eval"])
 def test_the_resolved_recipe_loads_back_to_the_same_recipe(tmp_path, kind):
     """A run folder's recipe.yaml (`to_yaml`) is itself a recipe that reproduces the run."""
     from llmtune.recipe import load_recipe as load_any

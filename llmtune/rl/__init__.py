@@ -1,0 +1,1 @@
+"""Online RL (grpo, rloo): the reward functions a recipe's `rewards:` names, and the checks around them."""
