@@ -60,9 +60,16 @@ def rl_row(name: str, folder: Path) -> str:
     tenth = max(1, len(rows) // 10)
     first = sum(r["reward"] for r in rows[:tenth]) / tenth if rows else float("nan")
     last = sum(r["reward"] for r in rows[-tenth:]) / tenth if rows else float("nan")
+    per_function = ", ".join(
+        f"{k} {before['rewards'][k]:.2f} → {v:.2f}"
+        for k, v in after["rewards"].items()
+        if k in before["rewards"]
+    )
     return (
         f"| {name} | held-out accuracy **{before.get('accuracy', 0):.2f} → {after.get('accuracy', 0):.2f}** "
-        f"({after['prompts']} questions, greedy), mean reward {before['reward_mean']:.3f} → {after['reward_mean']:.3f}; "
+        f"({after['prompts']} questions, greedy), mean reward {before['reward_mean']:.3f} → {after['reward_mean']:.3f} "
+        f"({per_function}; {before['completion_tokens_mean']:.1f} → {after['completion_tokens_mean']:.1f} tokens "
+        "an answer); "
         f"training reward (mean of the first / last {tenth} steps) {first:.3f} → {last:.3f} | "
         f"{results['global_step']} steps, training {results['train_wall_s'] / 60:.1f} min, "
         f"{_minutes(manifest)} end to end |"
@@ -83,7 +90,8 @@ def main(out: Path) -> None:
         ("rloo", "RLOO, the same recipe and budget", rl_row),
     ]
     for folder, label, row in rows:
-        if (out / folder / "manifest.json").exists():
+        path = out / folder / "manifest.json"
+        if path.exists() and json.loads(path.read_text()).get("status") == "completed":
             print(row(label, out / folder))
 
 
