@@ -164,7 +164,7 @@ def _prompts_report(recipe: GrpoRecipe, tokenizer, samples: int) -> str:
     checked = check_reward_functions(functions, rows["train"] + rows.get("validation", []))
     out.append("  rewards (tried on the first rows, the reference answer as the completion):")
     for function in functions:
-        found = checked.get(function.__name__) if isinstance(checked, dict) else None
+        found = checked.get(function.__name__)
         shown = f": {found}" if found is not None else ""
         out.append(f"    {function.__name__} ({function.type}, weight {function.weight:g}){shown}")
     for index, row in enumerate(rows["train"][:samples]):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -70,7 +71,7 @@ def run(recipe: GrpoRecipe, *, overwrite: bool = False, resume: bool = False) ->
     folder = RunFolder.for_training(recipe, algorithm, overwrite=overwrite, resume=resume)
     train_kwargs = recipe.train.trainer_kwargs()
     config_class, trainer_class, trl_module = trainer_for(algorithm)
-    defaults = {f.name: f.default for f in __import__("dataclasses").fields(config_class)}
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
     completion_limit = train_kwargs.get("max_completion_length", defaults["max_completion_length"])
     beta = train_kwargs.get("beta", defaults["beta"])
 
