@@ -15,9 +15,8 @@ from llmtune.console import user_errors
 
 app = typer.Typer(
     name="llmtune",
-    help="Train language models from YAML recipes: pretrain, sft, dpo, reward, grpo, rloo, lora-ner; check data "
-    "and plan memory "
-    "before training; merge adapters and evaluate after.",
+    help="Train language models from YAML recipes: pretrain, sft, dpo, reward, grpo, rloo, lora-ner; prune and "
+    "distill to make them smaller; check data and plan memory before training; merge adapters and evaluate after.",
     epilog="Examples:\n\n"
     "  llmtune sft --recipe recipes/quickstart.yaml\n\n"
     "  llmtune data check --recipe recipes/sft/smollm2-135m-lora-medical.yaml\n\n"
@@ -211,6 +210,41 @@ app.command(
     epilog="Example: llmtune rloo --recipe recipes/grpo/smollm2-135m-arithmetic.yaml",
 )(_training_command("rloo"))
 
+app.command(
+    "distill",
+    help="Knowledge distillation: a student (a pruned model, a smaller one, or one from a config) learns from a "
+    "frozen teacher's predictions (forward/reverse KL or JSD at a temperature, mixed with cross-entropy) and "
+    "optionally its hidden states, on raw text or conversations.",
+    epilog="Example: llmtune distill --recipe recipes/distill/smollm2-135m-20-layers-text.yaml",
+)(_training_command("distill"))
+
+
+@app.command(
+    help="Make a model smaller: remove decoder layers (block influence or perplexity increase), MLP channels "
+    "and attention heads (activation magnitude, grouped-query groups whole), or single weights (magnitude, "
+    "Wanda), ranked on calibration text; writes a plain HF folder, checked to load with no warning.",
+    epilog="Example: llmtune prune --recipe recipes/prune/smollm2-135m-depth-20.yaml",
+)
+def prune(
+    recipe: str = RecipeOption,
+    set_: list[str] = SetOption,
+    print_config: bool = PrintConfigOption,
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace prune.output_dir if it holds an earlier prune's output."
+    ),
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        loaded = _load(recipe, "prune", set_)
+        if print_config:
+            typer.echo(loaded.to_yaml(), nl=False)
+            return
+        from llmtune.interrupt import signals_handled
+        from llmtune.stages import prune as stage
+
+        with signals_handled():
+            stage.run(loaded, overwrite=overwrite)
+
 
 data_app = typer.Typer(help="Inspect training data without training.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -238,7 +272,7 @@ def data_check(
             raise LlmtuneError(f"--samples {samples}: must be 0 or more.")
         if color not in ("auto", "always", "never"):
             raise LlmtuneError(f"--color {color!r}: expected auto, always or never.")
-        loaded = _load(recipe, None, set_, allowed=("sft", "dpo", "reward", "grpo", "rloo"))
+        loaded = _load(recipe, None, set_, allowed=("sft", "dpo", "reward", "grpo", "rloo", "distill"))
         from llmtune.stages import data_check as stage
 
         use_color = color == "always" or (color == "auto" and sys.stdout.isatty())
@@ -290,8 +324,9 @@ def lora_ner_predict(
 
 @app.command(
     help="Estimate memory per device (weights, gradients, optimizer states, activations, logits) and tokens per "
-    "step for a pretrain/sft/dpo/reward/grpo/rloo recipe (grpo/rloo: with the generation memory and the "
-    "reference model), from the model config alone (no weights loaded); say whether it fits and what to "
+    "step for a pretrain/sft/dpo/reward/grpo/rloo/distill recipe (grpo/rloo: with the generation memory and "
+    "the reference model; distill: with the frozen teacher's weights and forward and the distillation "
+    "loss's logits), from the model configs alone (no weights loaded); say whether it fits and what to "
     "change when it does not.",
     epilog="Example: llmtune plan --recipe recipes/sft/llama3-8b-qlora-medical.yaml --device-memory 24GB",
 )
@@ -318,7 +353,9 @@ def plan(
             from llmtune.errors import LlmtuneError
 
             raise LlmtuneError(f"--nproc {nproc}: must be at least 1.")
-        loaded = _load(recipe, None, set_, allowed=("pretrain", "sft", "dpo", "reward", "grpo", "rloo"))
+        loaded = _load(
+            recipe, None, set_, allowed=("pretrain", "sft", "dpo", "reward", "grpo", "rloo", "distill")
+        )
         result = estimate(
             loaded,
             device_memory_bytes=(

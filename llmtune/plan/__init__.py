@@ -51,14 +51,21 @@ The commands after sft change the model or add a phase:
   decoding step's fp32 logits. With beta != 0 a full-parameter run holds a frozen reference copy (under
   PEFT the adapter is switched off instead) and scores each micro-batch with it, without gradients.
   vLLM's memory (use_vllm) is outside the estimate.
+- distill plans its student as pretrain (text: data.block_size) or sft (chat: data.max_length) would, with
+  gradient checkpointing off by default as its stage has it, and adds the frozen teacher, read from its own
+  config on the meta device: its weights in teacher.dtype, whole on every process (DDP and DeepSpeed wrap
+  only the student; the recipe refuses ZeRO-3 and FSDP), one forward without gradients per micro-batch (one
+  layer's working set, its logits b·s·V, and its L + 1 hidden states when distill.hidden_layers is set),
+  and the loss's fp32 [b·s, V] tensors (log-softmax of both models, the divergence's terms: 6 at the peak
+  for forward/reverse KL, 12 for JSD, measured on llmtune/distill/losses.py; 2 already in the logits).
 
 benchmarks/plan_vs_measured.py checks the CPU estimate against the peak RSS of real runs.
 
 The modules: formulas.py (the papers' formulas and the constants),
 shape.py (the config and the meta-device model), lora_count.py (LoRA's parameters without PEFT),
-memory.py (the bytes per device, part by part), suggestions.py (changes that make a run fit),
-throughput.py (tokens, FLOPs, steps), render.py (the text `llmtune plan` prints) and planner.py
-(`estimate` and the Plan it returns).
+memory.py (the bytes per device, part by part), teacher.py (what distill's teacher and loss add),
+suggestions.py (changes that make a run fit), throughput.py (tokens, FLOPs, steps), render.py (the text
+`llmtune plan` prints) and planner.py (`estimate` and the Plan it returns).
 """
 
 from llmtune.plan.formulas import (

@@ -17,6 +17,7 @@ from llmtune.plan.formulas import (
     zero_model_states,
 )
 from llmtune.plan.shape import ModelShape
+from llmtune.plan.teacher import Teacher, teacher_notes, teacher_parts
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Generation:
 class Run:
     """What the recipe fixes: the command, sequence shape and precision."""
 
-    command: str  # pretrain, sft, dpo, reward, grpo, rloo
+    command: str  # pretrain, sft, dpo, reward, grpo, rloo, distill
     seq_len: int
     sequences_per_example: int  # 2 for preference pairs: chosen and rejected go through one forward
     reference_copy: bool  # full-parameter DPO/KTO/GRPO/RLOO holds a frozen copy of the model
@@ -90,15 +91,19 @@ class Run:
     target: str
     double_quant: bool
     generation: Generation | None = None  # grpo/rloo
+    teacher: Teacher | None = None  # distill
 
 
 _DTYPE_NAMES = {2: "16-bit", 4: "fp32"}  # by bytes; bf16 or fp16 as the recipe says
-COMMANDS = ("pretrain", "sft", "dpo", "reward", "grpo", "rloo")
+COMMANDS = ("pretrain", "sft", "dpo", "reward", "grpo", "rloo", "distill")
+# Strategies the distill recipe refuses (launch.strategy): each process keeps a whole teacher.
+DISTILL_REFUSED_STRATEGIES = ("zero3", "zero3-offload", "fsdp")
 
 
 def recipe_command(recipe) -> str:
     from llmtune.recipe import DpoRecipe, PretrainRecipe, SftRecipe
     from llmtune.recipe.alignment import GrpoRecipe, RewardRecipe, RlooRecipe
+    from llmtune.recipe.compression import DistillRecipe
 
     kinds = (
         (PretrainRecipe, "pretrain"),
@@ -107,18 +112,33 @@ def recipe_command(recipe) -> str:
         (RewardRecipe, "reward"),
         (RlooRecipe, "rloo"),  # before grpo: an RlooRecipe is a GrpoRecipe
         (GrpoRecipe, "grpo"),
+        (DistillRecipe, "distill"),  # text or chat (ChatDistillRecipe)
     )
+    from llmtune.recipe.compression import OnPolicyDistillRecipe
+
+    if isinstance(recipe, OnPolicyDistillRecipe):
+        raise LlmtuneError(
+            "plan covers off-policy distill (text or chat data); on-policy distillation samples answers as "
+            "grpo does, which this plan does not model yet. Plan the student as a grpo recipe for its "
+            "generation memory, and add the teacher's weights (parameters x 2 bytes in bf16)."
+        )
     for klass, name in kinds:
         if isinstance(recipe, klass):
             return name
     raise LlmtuneError(f"cannot plan a {type(recipe).__name__}: plan covers {', '.join(COMMANDS)} recipes.")
 
 
-def run_facts(recipe, command: str, train: dict, target: str) -> Run:
-    dtype = recipe.model.dtype
+def plan_dtype(dtype: str, target: str) -> tuple[str, int]:
+    """(dtype, bytes a value) of a model section's dtype as training loads it on `target`: auto is bf16 on
+    a GPU (models.resolve_dtype, assuming one that supports it) and float32 on a CPU."""
     if dtype == "auto":
         dtype = "bfloat16" if target == "gpu" else "float32"
-    weight_bytes = 4 if dtype == "float32" else 2
+    return dtype, 4 if dtype == "float32" else 2
+
+
+def run_facts(recipe, command: str, train: dict, target: str, teacher: Teacher | None = None) -> Run:
+    """The run's fixed facts; `teacher` (distill) is the frozen teacher the planner read."""
+    dtype, weight_bytes = plan_dtype(recipe.model.dtype, target)
     # llmtune's default for train.bf16 is "the model is bf16" (training.training_arguments).
     mixed = bool(train.get("bf16", dtype == "bfloat16") or train.get("fp16", False))
     common = {
@@ -147,6 +167,16 @@ def run_facts(recipe, command: str, train: dict, target: str) -> Run:
             sequences_per_example=2,  # chosen and rejected
             reference_copy=False,
             reference_forward=False,
+            **common,
+        )
+    if command == "distill":  # the student trains as pretrain (text blocks) or sft (chat) would
+        return Run(
+            command=command,
+            seq_len=recipe.data.block_size if teacher.data == "text" else recipe.data.max_length,
+            sequences_per_example=1,
+            reference_copy=False,
+            reference_forward=False,
+            teacher=teacher,
             **common,
         )
     preference = command == "dpo"
@@ -300,6 +330,17 @@ def memory_per_device(
     logits = logits_bytes(seq_len=run.seq_len, micro_batch=sequences, vocab_size=width)
     overhead = GPU_OVERHEAD_BYTES if run.target == "gpu" else CPU_OVERHEAD_BYTES
     generation = _generation_parts(shape, setup, run)
+    distill = {}
+    if run.teacher is not None:
+        # accelerate returns the autocast student's outputs in fp32; DeepSpeed runs it in 16 bits.
+        student_logit_bytes = 4 if run.mixed_precision and not deepspeed else act_bytes
+        distill = teacher_parts(
+            run.teacher,
+            shape,
+            sequences=sequences,
+            seq_len=run.seq_len,
+            student_logit_bytes=student_logit_bytes,
+        )
 
     parts = {
         "weights": weights,
@@ -312,6 +353,7 @@ def memory_per_device(
         "activations": activations,
         "adapter_dropout": adapter_dropout,
         "logits": logits,
+        **distill,
         **generation,
         "overhead": overhead,
     }
@@ -350,6 +392,11 @@ def memory_per_device(
             if run.command == "reward"
             else f"fp32, x2 for the loss, vocab {shape.vocab_size:,}"
             + (" (upper bound: TRL's fused LM head tiles them)" if run.generation else "")
+        ),
+        **(
+            teacher_notes(run.teacher, shape, sequences=sequences, seq_len=run.seq_len)
+            if run.teacher is not None
+            else {}
         ),
         **_generation_notes(shape, setup, run),
         "overhead": "CUDA context, workspaces, allocator" if run.target == "gpu" else "framework, allocator",

@@ -8,10 +8,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmtune.errors import LlmtuneError
-from llmtune.plan.memory import PHASE_PARTS, Setup, memory_per_device, phase_totals, recipe_command, run_facts
+from llmtune.plan.memory import (
+    DISTILL_REFUSED_STRATEGIES,
+    PHASE_PARTS,
+    Setup,
+    memory_per_device,
+    phase_totals,
+    plan_dtype,
+    recipe_command,
+    run_facts,
+)
 from llmtune.plan.render import assumptions, render_plan
-from llmtune.plan.shape import counted, meta_model, model_config, model_shape, reward_shape
+from llmtune.plan.shape import ModelShape, counted, meta_model, model_config, model_shape, reward_shape
 from llmtune.plan.suggestions import Suggestion, suggest_changes
+from llmtune.plan.teacher import Teacher, hidden_pairs
 from llmtune.plan.throughput import throughput_summary
 
 STRATEGIES = ("single", "ddp", "fsdp", "zero2", "zero3", "zero3-offload")
@@ -40,6 +50,9 @@ class Plan:
     # memory["total"] counts the largest (peak_phase) on top of the parts in no phase. Empty otherwise.
     phases: dict[str, dict[str, Any]] = field(default_factory=dict)
     peak_phase: str | None = None
+    # distill: the frozen teacher (its shape and dtype) and the loss settings; empty otherwise. `model`
+    # is the student.
+    teacher: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -57,7 +70,9 @@ def estimate(
     gradient_checkpointing: bool | None = None,
     target: str = "gpu",
 ) -> Plan:
-    """Plan `recipe` (a loaded pretrain, sft, dpo, reward, grpo or rloo recipe) without loading weights.
+    """Plan `recipe` (a loaded pretrain, sft, dpo, reward, grpo, rloo or distill recipe) without loading
+    weights. A distill recipe's student is planned as pretrain (text) or sft (chat) would plan it, plus the
+    frozen teacher and the distillation loss.
 
     device_memory_bytes: memory of one device to check the plan against; default the first CUDA GPU's
         when `target` is gpu and one is present, else none (the plan is only reported).
@@ -77,6 +92,11 @@ def estimate(
         raise LlmtuneError(f"strategy {strategy} shards over GPUs; a cpu plan supports single and ddp.")
 
     command = recipe_command(recipe)
+    if command == "distill" and strategy in DISTILL_REFUSED_STRATEGIES:
+        raise LlmtuneError(
+            f"strategy {strategy}: distill keeps a whole teacher on every process and refuses "
+            f"{', '.join(DISTILL_REFUSED_STRATEGIES)}; plan it with single, ddp or zero2."
+        )
     train = recipe.train.trainer_kwargs()
     config, name, source = model_config(recipe.model)
     model = meta_model(config, recipe.model)
@@ -84,10 +104,12 @@ def estimate(
     trainable, peft_params, dropout_features = counted(config, recipe.model, recipe.peft, model, command)
     if command == "reward":
         shape = reward_shape(shape)
-    run = run_facts(recipe, command, train, target)
+    teacher = _teacher(recipe, target, shape) if command == "distill" else None
+    run = run_facts(recipe, command, train, target, teacher)
     checkpointing = gradient_checkpointing
     if checkpointing is None:
-        checkpointing = bool(train.get("gradient_checkpointing", command != "pretrain"))
+        # TRL's trainers default to on; pretrain's and distill's stages (text or chat) to off.
+        checkpointing = bool(train.get("gradient_checkpointing", command not in ("pretrain", "distill")))
     setup = Setup(
         strategy=strategy,
         nproc=nproc,
@@ -152,7 +174,42 @@ def estimate(
             phase: {"parts": list(PHASE_PARTS[phase]), "bytes": value} for phase, value in phase_bytes.items()
         },
         peak_phase=max(phase_bytes, key=phase_bytes.get) if phase_bytes else None,
+        teacher=_teacher_facts(teacher),
     )
+
+
+def _teacher(recipe, target: str, student: ModelShape) -> Teacher:
+    """distill: the teacher's shape, read as the student's is (config only, meta device), in the dtype the
+    stage loads it with (the teacher section's own)."""
+    section = recipe.teacher
+    config, name, source = model_config(section)
+    shape = model_shape(meta_model(config, section), config, section, name, source)
+    dtype, weight_bytes = plan_dtype(section.dtype, target)
+    settings = recipe.distill
+    return Teacher(
+        shape=shape,
+        weight_dtype=dtype,
+        weight_bytes=weight_bytes,
+        data=settings.data,
+        divergence=settings.divergence,
+        temperature=settings.temperature,
+        alpha=settings.alpha,
+        hidden_pairs=hidden_pairs(settings.hidden_layers, student.layers),
+    )
+
+
+def _teacher_facts(teacher: Teacher | None) -> dict[str, Any]:
+    if teacher is None:
+        return {}
+    return {
+        **dataclasses.asdict(teacher.shape),
+        "weight_dtype": teacher.weight_dtype,
+        "data": teacher.data,
+        "divergence": teacher.divergence,
+        "temperature": teacher.temperature,
+        "alpha": teacher.alpha,
+        "hidden_layer_pairs": teacher.hidden_pairs,
+    }
 
 
 def _generation_facts(run, setup: Setup) -> dict[str, Any]:

@@ -34,7 +34,26 @@ def assumptions(run: Run, setup: Setup) -> list[str]:
     gen = run.generation
     if gen is not None:
         notes.extend(_rl_assumptions(run, setup))
+    if run.teacher is not None:
+        notes.extend(_distill_assumptions(run))
     return notes
+
+
+def _distill_assumptions(run: Run) -> list[str]:
+    teacher = run.teacher
+    student = "pretrain (text blocks)" if teacher.data == "text" else "sft (chat rows)"
+    return [
+        f"distill: the student is planned as {student} would plan it; gradient checkpointing is off unless "
+        "train.gradient_checkpointing sets it (the distill stage's default, chat data too)",
+        f"the teacher is loaded in teacher.dtype ({teacher.weight_dtype}) and kept whole on every process "
+        "(neither DDP nor DeepSpeed wraps it); each micro-batch runs it forward without gradients on the "
+        "student's batch: one layer's working set at a time, its logits"
+        + (", and all its hidden states (distill.hidden_layers)" if teacher.hidden_pairs else ""),
+        f"the {teacher.divergence} loss takes log-softmax of both models' logits in fp32 at temperature "
+        f"{teacher.temperature:g}: its fp32 [B·T, V] tensors at the peak were measured on the loss's own "
+        "code; the teacher's forward and the loss are counted as if at once (an upper bound by one teacher "
+        "layer's working set)",
+    ]
 
 
 def _rl_assumptions(run: Run, setup: Setup) -> list[str]:
@@ -98,17 +117,34 @@ def _count(value: int) -> str:
     return str(value)
 
 
+def _teacher_lines(t: dict) -> list[str]:
+    """distill: the frozen teacher under the student's lines, and the loss it feeds."""
+    hidden = (
+        f", hidden-state MSE on {t['hidden_layer_pairs']} layer pair(s)" if t["hidden_layer_pairs"] else ""
+    )
+    return [
+        f"  teacher   {t['name']} ({t['source']}, {t['architecture']}): {t['parameters']:,} parameters "
+        f"({_count(t['parameters'])}), frozen, {t['weight_dtype']}",
+        f"            {t['layers']} layers, hidden {t['hidden_size']}, vocab {t['vocab_size']:,}; loss "
+        f"{t['alpha']:g} x {t['divergence']} at T {t['temperature']:g} + {1 - t['alpha']:g} x cross-entropy"
+        f"{hidden}",
+    ]
+
+
 def render_plan(plan: Plan) -> str:
     m, t, th = plan.model, plan.training, plan.throughput
     lines = [f"plan: {plan.recipe} ({plan.command})"]
+    label = "student" if plan.teacher else "model"  # distill: the model trained is the student
     lines.append(
-        f"  model     {m['name']} ({m['source']}, {m['architecture']}): {m['parameters']:,} parameters "
+        f"  {label:<9} {m['name']} ({m['source']}, {m['architecture']}): {m['parameters']:,} parameters "
         f"({_count(m['parameters'])}){', tied embeddings' if m['tied_embeddings'] else ''}"
     )
     lines.append(
         f"            {m['layers']} layers, hidden {m['hidden_size']}, {m['attention_heads']} heads, "
         f"vocab {m['vocab_size']:,}, {m['attention']} attention"
     )
+    if plan.teacher:
+        lines.extend(_teacher_lines(plan.teacher))
     share = 100 * m["trainable_parameters"] / max(m["parameters_with_adapter"], 1)
     precision = f"{t['weight_dtype']} weights" + (", bf16/fp16 autocast" if t["mixed_precision"] else "")
     lines.append(

@@ -62,15 +62,18 @@ def suggest_changes(recipe, config, model, shape, setup: Setup, run: Run, budget
         ]
         smaller = dataclasses.replace(setup, micro_batch=micro, accumulation=accumulation)
         candidates.append(("batch", change, settings, smaller))
+    distill = run.teacher is not None
     pretrained = recipe.model.from_config is None
     if pretrained and setup.peft_method in ("none", "freeze"):
         change = f"LoRA (r {recipe.peft.r}) instead of full training"
         candidates.append(("peft", change, ["--set peft.method=lora"], with_peft("lora")))
-    if pretrained and run.target == "gpu" and not recipe.model.gguf_file and setup.peft_method != "qlora":
+    qlora_ok = pretrained and not recipe.model.gguf_file and setup.peft_method != "qlora"
+    if qlora_ok and run.target == "gpu":
         change = "QLoRA (LoRA on a 4-bit nf4 base)"
         candidates.append(("peft", change, ["--set peft.method=qlora"], with_peft("qlora")))
     if run.target == "gpu" and setup.strategy not in ("zero3", "zero3-offload"):
-        for stage in ("zero2", "zero3"):
+        # distill refuses ZeRO-3 and its offload (each process keeps a whole teacher): ZeRO-2 only.
+        for stage in ("zero2",) if distill else ("zero2", "zero3"):
             if setup.strategy == stage:
                 continue
             # The fewest GPUs that fit (at least 2: ZeRO shards nothing on one).
@@ -80,7 +83,7 @@ def suggest_changes(recipe, config, model, shape, setup: Setup, run: Run, budget
             trial = next((t for t in trials if total(t) <= budget), trials[-1])
             change = f"DeepSpeed ZeRO-{stage[-1]} over {trial.nproc} GPUs"
             candidates.append(("strategy", change, [f"--strategy {stage}", f"--nproc {trial.nproc}"], trial))
-    if run.target == "gpu" and setup.strategy != "zero3-offload":
+    if run.target == "gpu" and setup.strategy != "zero3-offload" and not distill:
         offload = dataclasses.replace(setup, strategy="zero3-offload")
         change = "ZeRO-3 with parameters and optimizer states offloaded to CPU RAM"
         candidates.append(

@@ -21,6 +21,9 @@ def throughput_summary(recipe, train: dict, shape: ModelShape, setup: Setup, run
         per_token += 2 * n + attention
     if run.reference_forward:
         per_token += 2 * n + attention
+    if run.teacher is not None:  # distill: the teacher's forward, no backward
+        t = run.teacher.shape
+        per_token += 2 * t.linear_params + 2 * t.layers * run.seq_len * t.hidden_size
     gen = run.generation
     if gen is not None:
         # Sampling: a forward per token (the KV cache spares recomputing the prefix), once per generation
@@ -50,7 +53,7 @@ def throughput_summary(recipe, train: dict, shape: ModelShape, setup: Setup, run
 
 def _train_rows(recipe, run: Run) -> tuple[int | None, str]:
     """Training rows from a cheap read of chat files (no tokenising), or None and why not."""
-    if run.command == "pretrain":
+    if run.command == "pretrain" or (run.teacher is not None and run.teacher.data == "text"):
         return None, "steps per epoch need the tokenised text (blocks of data.block_size tokens)"
     data = recipe.data
     if getattr(data, "packing", False):

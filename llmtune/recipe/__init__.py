@@ -38,6 +38,17 @@ from llmtune.recipe.alignment import (
     RlSection,
 )
 from llmtune.recipe.base import INPUT_PATH, InputPath, OneOrMany, Recipe, Section
+from llmtune.recipe.compression import (
+    ChatDistillRecipe,
+    DepthPruneSection,
+    DistillRecipe,
+    DistillSection,
+    OnPolicyDistillRecipe,
+    PruneRecipe,
+    PruneSection,
+    UnstructuredPruneSection,
+    WidthPruneSection,
+)
 from llmtune.recipe.data import (
     ChatDataSection,
     CleaningSection,
@@ -76,6 +87,15 @@ __all__ = [
     "RECIPES",
     "RENAMED_TRAIN_KEYS",
     "ChatDataSection",
+    "ChatDistillRecipe",
+    "DepthPruneSection",
+    "DistillRecipe",
+    "DistillSection",
+    "OnPolicyDistillRecipe",
+    "PruneRecipe",
+    "PruneSection",
+    "UnstructuredPruneSection",
+    "WidthPruneSection",
     "CleaningSection",
     "DpoRecipe",
     "DpoSection",

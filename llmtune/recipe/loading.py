@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from llmtune.errors import LlmtuneError, did_you_mean
 from llmtune.recipe.alignment import GrpoRecipe, RewardRecipe, RlooRecipe
 from llmtune.recipe.base import Recipe, input_path_kind, is_input_path, is_output_path, submodel
+from llmtune.recipe.compression import DistillRecipe, PruneRecipe
 from llmtune.recipe.eval import EvalRecipe, EvalSection
 from llmtune.recipe.messages import describe_validation_error, format_problems
 from llmtune.recipe.model import ModelSection
@@ -44,6 +45,8 @@ RECIPES: dict[str, type[Recipe]] = {
     "grpo": GrpoRecipe,
     "rloo": RlooRecipe,
     "lora-ner": NerRecipe,
+    "prune": PruneRecipe,
+    "distill": DistillRecipe,
     "eval": EvalRecipe,
 }
 
@@ -67,7 +70,11 @@ def recipe_kind(path: str | os.PathLike, allowed: tuple[str, ...] = tuple(RECIPE
     raw = load_yaml_file(path)
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-    if "dpo" in raw:
+    if "prune" in raw:
+        kind = "prune"
+    elif "teacher" in raw or "distill" in raw:
+        kind = "distill"
+    elif "dpo" in raw:
         kind = "dpo"
     elif "reward" in raw:
         kind = "reward"
@@ -101,6 +108,9 @@ def recipe_from_mapping(
     """`load_recipe` for a mapping built in code (e.g. from command-line flags); paths relative to `base_dir`.
     `lines` (where each key was written, from the file) lets messages name the line."""
     given: dict[str, str] = {}
+    variant = getattr(recipe_class, "variant", None)
+    if variant is not None:  # one command, two shapes of data section (distill: text or chat)
+        recipe_class = variant(raw, list(overrides or []))
     _resolve_input_paths(raw, recipe_class, base_dir, given)
     override_keys: dict[str, str] = {}
     for item in overrides or []:

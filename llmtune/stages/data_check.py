@@ -17,8 +17,17 @@ from llmtune.data.chat_dataset import (
     render_with_mask,
     tokenize_examples,
 )
+from llmtune.errors import LlmtuneError
 from llmtune.models import load_tokenizer, resolve_model_source
-from llmtune.recipe import DpoRecipe, GrpoRecipe, RewardRecipe, SftRecipe
+from llmtune.recipe import (
+    ChatDistillRecipe,
+    DistillRecipe,
+    DpoRecipe,
+    GrpoRecipe,
+    OnPolicyDistillRecipe,
+    RewardRecipe,
+    SftRecipe,
+)
 
 GREEN, RESET = "\033[32m", "\033[0m"
 
@@ -29,15 +38,21 @@ def run(
     """The report as text."""
     resolved = resolve_model_source(recipe.model)
     tokenizer = load_tokenizer(recipe.model, resolved)
-    if isinstance(recipe, GrpoRecipe):
+    if isinstance(recipe, (GrpoRecipe, OnPolicyDistillRecipe)):
         return _prompts_report(recipe, tokenizer, samples)
+    if isinstance(recipe, DistillRecipe) and not isinstance(recipe, ChatDistillRecipe):
+        raise LlmtuneError(
+            f"{recipe.source} distils on raw text; data check reads conversations, pairs and prompts. A text "
+            "run reports its documents, blocks and dropped tokens when it starts (and in data_report.json)."
+        )
     if isinstance(recipe, RewardRecipe):
         return _reward_report(recipe, tokenizer, samples)
     preference = isinstance(recipe, DpoRecipe)
     examples, report = load_chat_data(
         tokenizer, recipe.data, preference=preference, describe=recipe.describe_path
     )
-    out = [f"recipe: {recipe.source} ({'dpo' if preference else 'sft'})"]
+    command = "dpo" if preference else "distill" if isinstance(recipe, DistillRecipe) else "sft"
+    out = [f"recipe: {recipe.source} ({command})"]
     if preference:
         out += report.lines()
         out += _preference_lengths(tokenizer, examples, recipe.data.max_length)
@@ -159,10 +174,12 @@ def _prompts_report(recipe: GrpoRecipe, tokenizer, samples: int) -> str:
     from llmtune.rl.rewards import build_reward_functions, check_reward_functions
 
     rows, report = load_prompts(tokenizer, recipe.data, describe=recipe.describe_path)
-    out = [f"recipe: {recipe.source} ({recipe.algorithm})", *report.lines()]
-    functions = build_reward_functions(recipe.rewards, base_dir=Path(recipe.source).resolve().parent)
+    out = [f"recipe: {recipe.source} ({getattr(recipe, 'algorithm', 'distill, on-policy')})", *report.lines()]
+    rewards = getattr(recipe, "rewards", [])  # on-policy distill has none: the teacher is the signal
+    functions = build_reward_functions(rewards, base_dir=Path(recipe.source).resolve().parent)
     checked = check_reward_functions(functions, rows["train"] + rows.get("validation", []))
-    out.append("  rewards (tried on the first rows, the reference answer as the completion):")
+    if functions:
+        out.append("  rewards (tried on the first rows, the reference answer as the completion):")
     for function in functions:
         found = checked.get(function.__name__)
         shown = f": {found}" if found is not None else ""
