@@ -199,3 +199,19 @@ def test_print_config_and_an_existing_output_is_kept(tmp_path, write_recipe, cli
     result = cli("prune", "--recipe", str(recipe), "--overwrite")
     assert result.exit_code == 2
     assert (tmp_path / "pruned" / "mine.txt").read_text() == "user file"
+
+
+@pytest.mark.parametrize("phase", ["model", "score", "prune", "evaluate", "save", "check"])
+def test_a_failure_at_any_phase_leaves_the_earlier_output_intact(
+    phase, tmp_path, write_recipe, cli, four_layer_llama, monkeypatch
+):
+    recipe = write_recipe(_recipe(tmp_path, four_layer_llama, depth={"keep_layers": 3}))
+    assert cli("prune", "--recipe", str(recipe)).exit_code == 0
+    out = tmp_path / "pruned"
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    monkeypatch.setenv("LLMTUNE_FAULT", f"{phase}:enospc")
+    changed = write_recipe(_recipe(tmp_path, four_layer_llama, depth={"keep_layers": 2}), "again.yaml")
+    result = cli("prune", "--recipe", str(changed), "--overwrite")
+    assert result.exit_code != 0
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("pruned")) == ["pruned"]
