@@ -69,7 +69,13 @@ def main() -> None:
         ("heldout.txt", "valid.txt", HELDOUT_SENTENCES),
     ):
         text = paragraphs(sentences(args.source / source)[:limit])
-        (args.out / name).write_text(text, encoding="utf-8")
+        target = args.out / name
+        if target.exists() and target.read_text(encoding="utf-8") != text:
+            # Files are never replaced unless they are what this script writes (rerunning rewrites the same bytes).
+            raise SystemExit(
+                f"{target} exists with other content; move it away or pass --out ANOTHER_FOLDER."
+            )
+        target.write_text(text, encoding="utf-8")
         print(f"{args.out / name}: {len(text):,} characters")
 
 

@@ -87,16 +87,17 @@ class DistillTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _record(self, split: str, sums: dict) -> None:
+        # Summed as tensors on the device: read back once per log, not once per micro-batch (a GPU sync).
         terms = self._terms[split]
         for name, value in sums.items():
-            terms[name] += float(value.detach())
+            terms[name] = terms[name] + value.detach().double()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the loss terms, per trained token since the last log: ce_loss (the data's cross-entropy),
         kd_loss (the divergence before alpha and T^2), hidden_loss, and for evaluations teacher_loss."""
         split = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         if split == "eval" or "loss" in logs:
-            terms = self._terms[split]
+            terms = {name: float(value) for name, value in self._terms[split].items()}
             tokens = terms.get("tokens", 0)
             if tokens:
                 prefix = "eval_" if split == "eval" else ""
