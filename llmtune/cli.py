@@ -26,6 +26,7 @@ app = typer.Typer(
     "  llmtune plan --recipe recipes/quickstart.yaml --device-memory 8GB\n\n"
     "  llmtune merge --adapter runs/quickstart --out runs/merged/quickstart\n\n"
     "  llmtune eval --recipe recipes/eval/quickstart-compare.yaml\n\n"
+    "  llmtune export --model runs/quickstart --format ollama --quant q8_0 --out runs/export/quickstart\n\n"
     "  llmtune fetch smollm2-135m-instruct",
     no_args_is_help=True,
     add_completion=False,
@@ -405,6 +406,101 @@ def merge(
             tolerance=tolerance,
             hub=hub,
         )
+
+
+@app.command(
+    help="Export a model for serving: GGUF (llama.cpp, LM Studio), Ollama (GGUF + Modelfile with the trained "
+    "chat template and stop tokens), or a bitsandbytes 4/8-bit folder. The export is read back by an independent "
+    "reader and compared with the source (tokenizer, logits, perplexity, greedy answers) before --out is written.",
+    epilog="Examples: llmtune export --model runs/quickstart --format ollama --quant q8_0 --out runs/export/quickstart"
+    "  |  llmtune export --recipe recipes/export/quickstart-ollama-q8_0.yaml",
+)
+def export(
+    model: str = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Demo alias, hub id, folder, adapter run or .gguf file.",
+        show_default=False,
+    ),
+    format_: str = typer.Option(
+        None, "--format", "-f", help="gguf, ollama, bnb-4bit or bnb-8bit.", show_default=False
+    ),
+    out: str = typer.Option(None, "--out", "-o", help="Folder for the export.", show_default=False),
+    quant: str = typer.Option(
+        None,
+        "--quant",
+        "-q",
+        help="GGUF type: f32 f16 bf16 q8_0 q5_1 q5_0 q4_1 q4_0 (default q8_0).",
+        show_default=False,
+    ),
+    recipe: str = typer.Option(None, "--recipe", "-r", help="YAML export recipe.", show_default=False),
+    check_text: str = typer.Option(
+        None,
+        "--check-text",
+        help="Text file the check runs on (default: the run's validation data).",
+        show_default=False,
+    ),
+    ollama_template: str = typer.Option(
+        None,
+        "--ollama-template",
+        help="Go template file for the Modelfile (an unknown chat template).",
+        show_default=False,
+    ),
+    system: str = typer.Option(
+        None,
+        "--system",
+        help="System prompt in the Modelfile (default: the run's data.system).",
+        show_default=False,
+    ),
+    name: str = typer.Option(
+        None, "--name", help="Model name in the GGUF metadata and file name.", show_default=False
+    ),
+    verify: list[str] = typer.Option(
+        None,
+        "--verify",
+        help="Also read the GGUF with llama-cpp (needs llama-cpp-python).",
+        show_default=False,
+    ),
+    set_: list[str] = SetOption,
+    print_config: bool = PrintConfigOption,
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier export in --out (after the check)."
+    ),
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        import json
+        from pathlib import Path
+
+        from llmtune.recipe import ExportRecipe, load_recipe, recipe_from_mapping
+
+        # The flags are --set overrides: paths in them are relative to the current folder, as in --set.
+        flags = {
+            "model.name_or_path": model,
+            "export.format": format_,
+            "export.output_dir": out,
+            "export.quant": quant,
+            "export.check_text": check_text,
+            "export.ollama_template": ollama_template,
+            "export.system": system,
+            "export.name": name,
+            "export.verify": list(verify or []),
+        }
+        overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value]
+        overrides += set_ or []
+        if recipe:
+            loaded = load_recipe(recipe, ExportRecipe, overrides)
+        else:
+            loaded = recipe_from_mapping({}, ExportRecipe, "<command line>", Path.cwd(), overrides)
+        if print_config:
+            typer.echo(loaded.to_yaml(), nl=False)
+            return
+        from llmtune.interrupt import signals_handled
+        from llmtune.stages import export as stage
+
+        with signals_handled():
+            stage.run(loaded, overwrite=overwrite)
 
 
 @app.command(

@@ -65,6 +65,7 @@ from llmtune.recipe.eval import (
     PerplexityTaskSection,
     RewardTaskSection,
 )
+from llmtune.recipe.export import ExportRecipe, ExportSection
 from llmtune.recipe.legacy import DROPPED_TRAIN_KEYS, RENAMED_TRAIN_KEYS
 from llmtune.recipe.loading import RECIPES, load_recipe, recipe_from_mapping, recipe_kind
 from llmtune.recipe.model import ModelSection
@@ -101,6 +102,8 @@ __all__ = [
     "DpoSection",
     "EarlyStoppingSection",
     "EvalRecipe",
+    "ExportRecipe",
+    "ExportSection",
     "EvalSection",
     "GenerateTaskSection",
     "GrpoRecipe",

@@ -19,6 +19,7 @@ from llmtune.recipe.alignment import GrpoRecipe, RewardRecipe, RlooRecipe
 from llmtune.recipe.base import Recipe, input_path_kind, is_input_path, is_output_path, submodel
 from llmtune.recipe.compression import DistillRecipe, PruneRecipe
 from llmtune.recipe.eval import EvalRecipe, EvalSection
+from llmtune.recipe.export import ExportRecipe
 from llmtune.recipe.messages import describe_validation_error, format_problems
 from llmtune.recipe.model import ModelSection
 from llmtune.recipe.recipes import DpoRecipe, NerRecipe, PretrainRecipe, SftRecipe
@@ -48,6 +49,7 @@ RECIPES: dict[str, type[Recipe]] = {
     "prune": PruneRecipe,
     "distill": DistillRecipe,
     "eval": EvalRecipe,
+    "export": ExportRecipe,
 }
 
 
@@ -70,7 +72,9 @@ def recipe_kind(path: str | os.PathLike, allowed: tuple[str, ...] = tuple(RECIPE
     raw = load_yaml_file(path)
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-    if "prune" in raw:
+    if "export" in raw:
+        kind = "export"
+    elif "prune" in raw:
         kind = "prune"
     elif "teacher" in raw or "distill" in raw:
         kind = "distill"

@@ -13,6 +13,7 @@ from llmtune.recipe import (
     DistillRecipe,
     DpoRecipe,
     EvalRecipe,
+    ExportRecipe,
     GrpoRecipe,
     NerRecipe,
     PretrainRecipe,
@@ -34,6 +35,7 @@ SHIPPED = {
     "eval": EvalRecipe,
     "prune": PruneRecipe,
     "distill": DistillRecipe,
+    "export": ExportRecipe,
 }
 # Text the prune/distill recipes read and a script of the project writes (derived from research-only data,
 # so never shipped): a recipe naming it must say in its header how to make it.
