@@ -492,6 +492,18 @@ def export(
         if recipe:
             loaded = load_recipe(recipe, ExportRecipe, overrides)
         else:
+            missing = [
+                flag
+                for flag, value in (("--model", model), ("--format", format_), ("--out", out))
+                if not value
+            ]
+            if missing and not set_:
+                from llmtune.errors import LlmtuneError
+
+                raise LlmtuneError(
+                    f"llmtune export needs {', '.join(missing)}: for example llmtune export --model runs/quickstart "
+                    "--format ollama --quant q8_0 --out runs/export/quickstart (or --recipe FILE)."
+                )
             loaded = recipe_from_mapping({}, ExportRecipe, "<command line>", Path.cwd(), overrides)
         if print_config:
             typer.echo(loaded.to_yaml(), nl=False)

@@ -94,7 +94,7 @@ def recipe_kind(path: str | os.PathLike, allowed: tuple[str, ...] = tuple(RECIPE
         kind = "sft"
     if allowed and kind not in allowed:
         raise LlmtuneError(
-            f"recipe {path} is a {kind} recipe (by its sections); this command takes {', '.join(allowed)} "
+            f"recipe {path} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} recipe (by its sections); this command takes {', '.join(allowed)} "
             "recipes."
         )
     return kind

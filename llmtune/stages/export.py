@@ -56,7 +56,7 @@ def run(recipe: ExportRecipe, *, overwrite: bool = False) -> dict:
         key="export.output_dir",
         overwrite=overwrite,
         staged=True,
-        inputs=[*recipe_inputs(recipe), recipe.model.name_or_path],
+        inputs=recipe_inputs(recipe),  # the model folder or GGUF, --check-text, --ollama-template
     )
     try:
         # ---- everything that can be refused is refused here, before the model loads
@@ -75,6 +75,7 @@ def run(recipe: ExportRecipe, *, overwrite: bool = False) -> dict:
             ollama = ollama_template(
                 tokenizer.chat_template, tokenizer, template_file=settings.ollama_template
             )
+            modelfile_text("model.gguf", ollama, system=system)  # a SYSTEM it cannot quote fails here
         prompts = recipe.samples.prompts if recipe.samples else (facts.prompts or FIXED_PROMPTS)
         new_tokens = (
             recipe.samples.max_new_tokens if recipe.samples else facts.max_new_tokens
@@ -124,8 +125,6 @@ def run(recipe: ExportRecipe, *, overwrite: bool = False) -> dict:
             metadata_bytes = (run.dir / filename).stat().st_size - plan.tensor_bytes
             f16_bytes = _f16_bytes(plan) + metadata_bytes  # the same file with f16 tensors
             if ollama is not None:
-                from llmtune.export.ollama import modelfile_text
-
                 run.write_text(MODELFILE, modelfile_text(filename, ollama, system=system))
                 files.append(MODELFILE)
         else:

@@ -482,8 +482,13 @@ def test_verify_llama_cpp_reads_the_gguf_like_the_source(tiny_models, tmp_path, 
     assert second["max_abs_top50_logprob"] < 0.1 and second["top1_agreement"] > 0.95
 
 
-def test_a_system_prompt_a_modelfile_cannot_quote_is_refused_before_loading(tiny_models, tmp_path, cli):
+def test_a_system_prompt_a_modelfile_cannot_quote_is_refused_before_loading(
+    tiny_models, tmp_path, cli, monkeypatch
+):
     out = tmp_path / "out"
+    from llmtune.stages import export as stage
+
+    monkeypatch.setattr(stage, "load_source", lambda *a: pytest.fail("the model was loaded"))
     result = _export(cli, tiny_models["llama"], out, "--format", "ollama", "--system", 'Say """hi""".')
     assert result.exit_code == 2
     assert '"""' in result.stderr and not out.exists()
@@ -518,3 +523,18 @@ def test_the_logit_bound_can_be_set_and_is_enforced(tiny_models, tmp_path, cli):
     )
     assert result.exit_code == 1
     assert "above the f16 bound 1e-09" in result.stderr and not out.exists()
+
+
+def test_an_out_folder_inside_the_source_model_is_refused(tiny_models, tmp_path, cli):
+    before = sorted(p.name for p in tiny_models["llama"].iterdir())
+    result = _export(
+        cli, tiny_models["llama"], tiny_models["llama"] / "gguf", "--format", "gguf", "--overwrite"
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tiny_models["llama"].iterdir()) == before
+
+
+def test_missing_flags_are_named(cli):
+    result = cli("export", "--format", "gguf")
+    assert result.exit_code == 2
+    assert "needs --model, --out" in result.stderr and "Traceback" not in result.stderr
