@@ -151,27 +151,27 @@ def _merged_adapter(folder: Path, hub: str):
 
     import torch
 
+    from llmtune import adapter_merge as merge
     from llmtune.adapters import load_adapter_model
-    from llmtune.stages import merge
 
     model, tokenizer, notes = load_adapter_model(folder, dtype="float32", hub=hub)
     for note in notes:
         log.info("note: %s", note)
-    texts, _, where = merge._check_prompts(folder, tokenizer)
-    inputs = [merge._ids(tokenizer, text) for text in texts]
+    texts, _, where = merge.check_prompts(folder, tokenizer)
+    inputs = [merge.token_ids(tokenizer, text) for text in texts]
     with torch.no_grad():
         adapter_logits = [model(ids).logits[0] for ids in inputs]
         with model.disable_adapter():
             base_logits = [model(ids).logits[0] for ids in inputs]
-    effect = merge._max_diff(adapter_logits, base_logits)
+    effect = merge.max_diff(adapter_logits, base_logits)
     del base_logits
     try:
-        noise = merge._max_diff(adapter_logits, merge._logits_in_float64(model, inputs))
+        noise = merge.max_diff(adapter_logits, merge.logits_in_float64(model, inputs))
     except (RuntimeError, TypeError):
         noise = math.nan
-    merged = merge._merge_in_float64(model).eval()
+    merged = merge.merge_in_float64(model).eval()
     with torch.no_grad():
-        diff = merge._max_diff([merged(ids).logits[0] for ids in inputs], adapter_logits)
+        diff = merge.max_diff([merged(ids).logits[0] for ids in inputs], adapter_logits)
     bound = merge.check_difference(diff, noise, 1e-4, effect=effect, what="in-memory merged model's")
     log.info(
         "adapter %s merged in memory: max |merged - adapter| logit %.3g (bound %.3g, on %s)",

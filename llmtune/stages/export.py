@@ -24,6 +24,7 @@ import resource
 import time
 from pathlib import Path
 
+from llmtune.adapter_merge import FIXED_PROMPTS  # the prompts merge checks with, for the same reason
 from llmtune.errors import LlmtuneError
 from llmtune.export import check as checks
 from llmtune.export.source import load_source, run_facts, source_config, source_tokenizer
@@ -36,12 +37,6 @@ log = logging.getLogger("llmtune")
 REPORT = "export_report.json"
 MODELFILE = "Modelfile"
 PHASES = ("model", "write", "check")
-FIXED_PROMPTS = [
-    "What is the capital of France?",
-    "Write a Python function that returns the square of a number.",
-    "Explain in one sentence why the sky is blue.",
-    "List three prime numbers.",
-]
 DEFAULT_NEW_TOKENS = 32
 
 
@@ -130,7 +125,7 @@ def run(recipe: ExportRecipe, *, overwrite: bool = False) -> dict:
         else:
             from llmtune.export.bnb import write_bnb
 
-            notes.append(str(write_bnb(model, tokenizer, run.dir, settings.format)))
+            bnb = write_bnb(model, tokenizer, run.dir, settings.format)
             files = sorted(p.name for p in run.dir.iterdir() if p.suffix in (".safetensors", ".json"))
             f16_bytes = 2 * sum(p.numel() for p in model.parameters())
         write_seconds = time.time() - written
@@ -208,6 +203,7 @@ def run(recipe: ExportRecipe, *, overwrite: bool = False) -> dict:
                 else None
             ),
             "llama_cpp": second or None,
+            "bitsandbytes": None if gguf else bnb,
             "notes": notes,
             "write_seconds": round(write_seconds, 1),
             "seconds": round(time.time() - started, 1),
