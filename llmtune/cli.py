@@ -16,7 +16,8 @@ from llmtune.console import user_errors
 app = typer.Typer(
     name="llmtune",
     help="Train language models from YAML recipes: pretrain, sft, dpo, reward, grpo, rloo, lora-ner; prune and "
-    "distill to make them smaller; check data and plan memory before training; merge adapters and evaluate after.",
+    "distill to make them smaller; check data and plan memory before training; merge adapters and evaluate after; "
+    "export for llama.cpp/Ollama; chat with a model or serve it over an OpenAI-compatible API.",
     epilog="Examples:\n\n"
     "  llmtune sft --recipe recipes/quickstart.yaml\n\n"
     "  llmtune data check --recipe recipes/sft/smollm2-135m-lora-medical.yaml\n\n"
@@ -27,6 +28,8 @@ app = typer.Typer(
     "  llmtune merge --adapter runs/quickstart --out runs/merged/quickstart\n\n"
     "  llmtune eval --recipe recipes/eval/quickstart-compare.yaml\n\n"
     "  llmtune export --model runs/quickstart --format ollama --quant q8_0 --out runs/export/quickstart\n\n"
+    "  llmtune chat --model runs/quickstart\n\n"
+    "  llmtune serve --model runs/quickstart --port 8000\n\n"
     "  llmtune fetch smollm2-135m-instruct",
     no_args_is_help=True,
     add_completion=False,
@@ -518,7 +521,8 @@ def export(
 @app.command(
     name="eval",
     help="Evaluate a model (base, GGUF, merged folder, adapter run, lora-ner run): perplexity, multiple-choice "
-    "benchmarks (MMLU/CMMLU layouts), generation, NER F1; --compare A B puts two models side by side.",
+    "benchmarks (MMLU/CMMLU/C-Eval layouts), generation, NER F1, lm-evaluation-harness tasks; --compare A B "
+    "puts two models side by side.",
     epilog="Examples: llmtune eval --recipe recipes/eval/quickstart-compare.yaml  |  "
     "llmtune eval --model smollm2-135m-instruct --mcq ../shared/data/mcq/mmlu/dev",
 )
@@ -529,13 +533,23 @@ def eval_(
         None, "--compare", help="Two models to evaluate side by side.", show_default=False
     ),
     perplexity: list[str] = typer.Option(None, "--perplexity", help="Text file for perplexity. Repeatable."),
-    mcq: list[str] = typer.Option(None, "--mcq", help="MMLU/CMMLU CSV file or folder. Repeatable."),
+    mcq: list[str] = typer.Option(None, "--mcq", help="MMLU/CMMLU/C-Eval CSV file or folder. Repeatable."),
     generate: list[str] = typer.Option(None, "--generate", help="A prompt to answer. Repeatable."),
     ner: list[str] = typer.Option(None, "--ner", help="BIO or span-JSON file for NER F1. Repeatable."),
     reward: list[str] = typer.Option(
         None,
         "--reward",
         help="Preference file (chosen/rejected pairs) to score with a reward model. Repeatable.",
+    ),
+    lm_eval: list[str] = typer.Option(
+        None,
+        "--lm-eval",
+        help="lm-evaluation-harness task or group (a,b for several). Repeatable. Needs llmtune[lm-eval].",
+    ),
+    lm_eval_include: list[str] = typer.Option(
+        None,
+        "--lm-eval-include",
+        help="Folder of lm-eval task YAML files, or one .yaml file, defining local tasks. Repeatable.",
     ),
     out: str = typer.Option(None, "--out", "-o", help="Results folder (sets eval.output_dir)."),
     set_: list[str] = SetOption,
@@ -559,6 +573,8 @@ def eval_(
             "ner.files": ner,
             "reward.files": reward,
             "generate.prompts": generate,
+            "lm_eval.tasks": lm_eval,
+            "lm_eval.include_path": lm_eval_include,
         }
         overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value]
         overrides += set_ or []
@@ -595,6 +611,101 @@ def fetch(
             raise LlmtuneError(f"--hub {hub!r}: expected auto, hf or modelscope.")
         resolved = resolve_model(name, hub=hub, revision=revision, gguf_file=gguf_file)
         typer.echo(f"{name}: {resolved.path} ({resolved.source})")
+
+
+_SAMPLING = "Sampling"
+
+
+@app.command(
+    help="Talk to a model in the terminal (anything eval loads: a demo alias, a hub id, a folder, a merged or "
+    "adapter run, a GGUF, an export), through the chat template it was trained with. Answers stream; "
+    "Ctrl-C stops an answer, /exit (or Ctrl-D) ends the session.",
+    epilog="Commands in the session: /system TEXT, /reset, /regen, /save FILE, /exit.  Example: llmtune chat "
+    "--model runs/quickstart",
+)
+def chat(
+    model: str = typer.Option(..., "--model", "-m", help="Model to talk to.", show_default=False),
+    system: str = typer.Option(None, "--system", help="System prompt (also /system TEXT in the session)."),
+    temperature: float = typer.Option(
+        0.0, "--temperature", help="0 = greedy (the default).", rich_help_panel=_SAMPLING
+    ),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass.", rich_help_panel=_SAMPLING),
+    top_k: int = typer.Option(
+        0, "--top-k", help="Sample among the k likeliest (0: off).", rich_help_panel=_SAMPLING
+    ),
+    max_new_tokens: int = typer.Option(
+        512, "--max-new-tokens", help="Longest answer, in tokens.", rich_help_panel=_SAMPLING
+    ),
+    seed: int = typer.Option(
+        None, "--seed", help="Seed for sampling (repeatable answers).", rich_help_panel=_SAMPLING
+    ),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+    hub: str = typer.Option("auto", "--hub", help="auto, hf or modelscope (for a hub id)."),
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        from llmtune.stages import chat as stage
+
+        stage.run(
+            model,
+            system=system,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            dtype=dtype,
+            hub=hub,
+        )
+
+
+@app.command(
+    help="Serve a model over an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions with streaming, "
+    "/v1/completions), with the chat template and stop tokens it was trained with. Binds to 127.0.0.1 unless "
+    "told otherwise; requests are answered one at a time, in order.",
+    epilog="Example: llmtune serve --model runs/quickstart --port 8000, then point an OpenAI client at "
+    "http://127.0.0.1:8000/v1",
+)
+def serve(
+    model: str = typer.Option(..., "--model", "-m", help="Model to serve.", show_default=False),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="Port (0: any free port, printed at start)."),
+    api_key: str = typer.Option(
+        None,
+        "--api-key",
+        envvar="LLMTUNE_API_KEY",
+        help="Require 'Authorization: Bearer KEY' (also $LLMTUNE_API_KEY, which keeps it out of `ps`).",
+        show_default=False,
+    ),
+    served_name: str = typer.Option(
+        None, "--served-name", help="The model id clients use (default: the --model name)."
+    ),
+    max_tokens_limit: int = typer.Option(
+        4096, "--max-tokens-limit", help="Largest max_tokens a request may ask for."
+    ),
+    max_body_bytes: int = typer.Option(1_048_576, "--max-body-bytes", help="Largest request body, in bytes."),
+    max_queue: int = typer.Option(
+        64, "--max-queue", help="Requests that may wait for the model; more get 503 (retry later)."
+    ),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+    hub: str = typer.Option("auto", "--hub", help="auto, hf or modelscope (for a hub id)."),
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        from llmtune.stages import serve as stage
+
+        stage.run(
+            model,
+            host=host,
+            port=port,
+            api_key=api_key,
+            served_name=served_name,
+            max_tokens_limit=max_tokens_limit,
+            max_body_bytes=max_body_bytes,
+            max_queue=max_queue,
+            dtype=dtype,
+            hub=hub,
+        )
 
 
 def main() -> None:

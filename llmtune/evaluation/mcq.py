@@ -1,4 +1,5 @@
-"""Multiple-choice benchmarks (MMLU, CMMLU layouts) scored by log-likelihood, as their own harnesses do.
+"""Multiple-choice benchmarks (MMLU, CMMLU, C-Eval layouts) scored by log-likelihood, as their own harnesses
+do.
 
 Prompts follow the original harnesses word for word:
 - MMLU: hendrycks/test `evaluate.py` (`gen_prompt` + `format_example`): "The following are multiple choice
@@ -8,9 +9,17 @@ Prompts follow the original harnesses word for word:
   same prompt.)
 - CMMLU: haonan-li/CMMLU `src/mp_utils.py`: "以下是关于{科目}的单项选择题，请直接给出正确答案的选项。\\n\\n",
   "题目：Q\\nA. a\\n...\\n答案是：" and "X\\n\\n" for shots.
+- C-Eval: hkust-nlp/ceval `code/evaluator_series/evaluators/llama.py` (`generate_few_shot_prompt` +
+  `format_example`, answer-only): "以下是中国关于{科目}考试的单项选择题，请选出其中的正确答案。\\n\\n", each
+  question as "Q\\nA. a\\nB. b\\nC. c\\nD. d\\n答案：" (the question not stripped) and "X\\n\\n" for shots; its
+  evaluator then compares the logits of the tokens "A".."D" after the prompt. {科目} is the Chinese subject
+  name, as in the prompt the C-Eval README gives and in lm-evaluation-harness's ceval-valid tasks (whose
+  `description`s CEVAL_SUBJECTS is copied from; eval.py itself passes the file's English subject name,
+  "accountant", into that header). lm-eval's own ceval-valid differs: it strips the question, drops
+  "考试" from the header and scores " A" (target_delimiter " ") after "答案：".
 The predicted answer is the letter whose token has the highest log-probability after the prompt
-(" A" after "Answer:", "A" after "答案是："). With `score: text` (or both) each option's full text is scored
-as the continuation instead: summed log-likelihood (acc_text) and per character (acc_text_norm, as
+(" A" after "Answer:", "A" after "答案是：" and "答案："). With `score: text` (or both) each option's full text is
+scored as the continuation instead: summed log-likelihood (acc_text) and per character (acc_text_norm, as
 lm-evaluation-harness's acc_norm).
 """
 
@@ -40,6 +49,63 @@ CMMLU_SUBJECTS = {
     "college_mathematics": "大学数学",
     "professional_medicine": "专业医学",
 }
+# C-Eval's 52 subjects (files <subject>_val.csv, _dev.csv, _test.csv) → the Chinese name in its prompt
+# header, from the descriptions of lm-evaluation-harness's ceval-valid tasks (the same names as C-Eval's
+# subject_mapping.json).
+CEVAL_SUBJECTS = {
+    "accountant": "注册会计师",
+    "advanced_mathematics": "高等数学",
+    "art_studies": "艺术学",
+    "basic_medicine": "基础医学",
+    "business_administration": "工商管理",
+    "chinese_language_and_literature": "中国语言文学",
+    "civil_servant": "公务员",
+    "clinical_medicine": "临床医学",
+    "college_chemistry": "大学化学",
+    "college_economics": "大学经济学",
+    "college_physics": "大学物理",
+    "college_programming": "大学编程",
+    "computer_architecture": "计算机组成",
+    "computer_network": "计算机网络",
+    "discrete_mathematics": "离散数学",
+    "education_science": "教育学",
+    "electrical_engineer": "注册电气工程师",
+    "environmental_impact_assessment_engineer": "环境影响评价工程师",
+    "fire_engineer": "注册消防工程师",
+    "high_school_biology": "高中生物",
+    "high_school_chemistry": "高中化学",
+    "high_school_chinese": "高中语文",
+    "high_school_geography": "高中地理",
+    "high_school_history": "高中历史",
+    "high_school_mathematics": "高中数学",
+    "high_school_physics": "高中物理",
+    "high_school_politics": "高中政治",
+    "ideological_and_moral_cultivation": "思想道德修养与法律基础",
+    "law": "法学",
+    "legal_professional": "法律职业资格",
+    "logic": "逻辑学",
+    "mao_zedong_thought": "毛泽东思想和中国特色社会主义理论体系概论",
+    "marxism": "马克思主义基本原理",
+    "metrology_engineer": "注册计量师",
+    "middle_school_biology": "初中生物",
+    "middle_school_chemistry": "初中化学",
+    "middle_school_geography": "初中地理",
+    "middle_school_history": "初中历史",
+    "middle_school_mathematics": "初中数学",
+    "middle_school_physics": "初中物理",
+    "middle_school_politics": "初中政治",
+    "modern_chinese_history": "近代史纲要",
+    "operating_system": "操作系统",
+    "physician": "医师资格",
+    "plant_protection": "植物保护",
+    "probability_and_statistics": "概率统计",
+    "professional_tour_guide": "导游资格",
+    "sports_science": "体育学",
+    "tax_accountant": "税务师",
+    "teacher_qualification": "教师资格",
+    "urban_and_rural_planner": "注册城乡规划师",
+    "veterinary_medicine": "兽医学",
+}
 
 
 @dataclass
@@ -54,7 +120,7 @@ class Question:
 @dataclass
 class QuestionFile:
     path: Path
-    layout: str  # mmlu | mmlu_original | cmmlu
+    layout: str  # mmlu | mmlu_columns | mmlu_original | cmmlu | ceval
     subject: str
     questions: list[Question] = field(default_factory=list)
 
@@ -65,9 +131,14 @@ def subject_of(path: Path) -> str:
 
 
 def detect_layout(header: list[str]) -> str:
+    """The layout a CSV file's first row announces; a row that is no known header is taken for a question
+    (hendrycks' files have no header)."""
     names = [h.strip() for h in header]
     if names[1:7] == ["Question", "A", "B", "C", "D", "Answer"]:
         return "cmmlu"
+    # C-Eval: id,question,A,B,C,D,answer (+ explanation in dev/val); the test split stops after D.
+    if [n.lower() for n in names[:6]] == ["id", "question", "a", "b", "c", "d"]:
+        return "ceval"
     if [n.lower() for n in names[:6]] == ["question", "choice0", "choice1", "choice2", "choice3", "answer"]:
         return "mmlu"
     if [n.lower() for n in names[:6]] == ["question", "a", "b", "c", "d", "answer"]:
@@ -76,8 +147,10 @@ def detect_layout(header: list[str]) -> str:
 
 
 def read_questions(path: Path, layout: str, on_bad_rows: str, bad: BadRows) -> QuestionFile:
-    """Questions of one CSV file. Layouts: mmlu (header question,choice0..3,answer 0-3 or A-D),
-    mmlu_original (hendrycks: no header, question,A,B,C,D,letter), cmmlu (,Question,A,B,C,D,Answer)."""
+    """Questions of one CSV file. Layouts: mmlu (header question,choice0..3,answer 0-3 or A-D), mmlu_columns
+    (header question,A,B,C,D,answer), mmlu_original (hendrycks: no header, question,A,B,C,D,letter), cmmlu
+    (,Question,A,B,C,D,Answer), ceval (id,question,A,B,C,D,answer[,explanation]). `layout` other than auto
+    must agree with the header."""
     text = read_text_file(path)  # a leading BOM is dropped there
     # io.StringIO splits lines on "\n" only (newline="\n"), so U+2028 and friends stay inside a cell.
     reader = csv.reader(io.StringIO(text))
@@ -91,12 +164,26 @@ def read_questions(path: Path, layout: str, on_bad_rows: str, bad: BadRows) -> Q
     if not rows:
         raise LlmtuneError(f"{path} is empty: no header and no questions.")
     found = detect_layout(rows[0])
-    if layout == "auto":
-        layout = found
-    elif layout == "mmlu_original" and found != "mmlu_original":
-        raise LlmtuneError(f"mcq.layout mmlu_original: {path} has a header row ({','.join(rows[0][:6])}).")
+    if layout != "auto" and _reading(layout) != _reading(found):
+        # Reading a file in another layout shifts its columns or takes its header for a question (or a
+        # question for the header): every answer would be read from the wrong cell.
+        first = brief(",".join(rows[0][:8]), 80)
+        raise LlmtuneError(
+            f"mcq.layout {layout}: {path} starts with {first}, which is the {_LAYOUT_HEADERS[found]}: "
+            f"layout {found}.",
+            hint=f"Set mcq.layout to {found} or auto (detected per file), or give a {layout} file.",
+        )
+    layout = found
+    if layout == "ceval" and [n.strip().lower() for n in rows[0][6:7]] != ["answer"]:
+        raise LlmtuneError(
+            f"{path} is a C-Eval file without an answer column (header {brief(','.join(rows[0]), 80)}): "
+            "C-Eval's test split has no answers (they are kept for its leaderboard), so it cannot be scored "
+            "here.",
+            hint="Evaluate on the val split (<subject>_val.csv), with the dev split (<subject>_dev.csv) as "
+            "mcq.shots_files.",
+        )
     has_header = layout != "mmlu_original"
-    offset = 1 if layout == "cmmlu" else 0
+    offset = 1 if layout in ("cmmlu", "ceval") else 0  # CMMLU's row index, C-Eval's id
     out = QuestionFile(path, layout, subject_of(path))
     for number, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
         where = f"{path} line {number}"  # CSV record number (a quoted field may span lines)
@@ -125,11 +212,30 @@ def read_questions(path: Path, layout: str, on_bad_rows: str, bad: BadRows) -> Q
     return out
 
 
+# What each layout's first row is, for messages.
+_LAYOUT_HEADERS = {
+    "mmlu": "header question,choice0,choice1,choice2,choice3,answer",
+    "mmlu_columns": "header question,A,B,C,D,answer",
+    "mmlu_original": "first question of a headerless hendrycks file (no known header)",
+    "cmmlu": "CMMLU header ,Question,A,B,C,D,Answer",
+    "ceval": "C-Eval header id,question,A,B,C,D,answer",
+}
+
+
+def _reading(layout: str) -> str:
+    """Layouts read the same way (a header row, the same six columns, the same prompt) count as one: a
+    recipe that says mmlu for a question,A,B,C,D,answer file (mmlu_columns) is not wrong."""
+    return "mmlu" if layout == "mmlu_columns" else layout
+
+
 # ------------------------------------------------------------------------------------------ prompts
 def header(layout: str, subject: str) -> str:
     if layout == "cmmlu":
         name = CMMLU_SUBJECTS.get(subject, subject.replace("_", " "))
         return f"以下是关于{name}的单项选择题，请直接给出正确答案的选项。\n\n"
+    if layout == "ceval":
+        name = CEVAL_SUBJECTS.get(subject, subject.replace("_", " "))
+        return f"以下是中国关于{name}考试的单项选择题，请选出其中的正确答案。\n\n"
     words = "".join(" " + word for word in subject.split("_"))  # hendrycks format_subject
     return f"The following are multiple choice questions (with answers) about {words}.\n\n"
 
@@ -140,14 +246,17 @@ def format_question(layout: str, q: Question, with_answer: bool) -> str:
         text += "".join(f"\n{LETTERS[i]}. {option}" for i, option in enumerate(q.options))
         text += "\n答案是："
         return text + (f"{LETTERS[q.answer]}\n\n" if with_answer else "")
+    if layout == "ceval":
+        text = q.question + "".join(f"\n{LETTERS[i]}. {option}" for i, option in enumerate(q.options))
+        return text + "\n答案：" + (f"{LETTERS[q.answer]}\n\n" if with_answer else "")
     text = q.question + "".join(f"\n{LETTERS[i]}. {option}" for i, option in enumerate(q.options))
     text += "\nAnswer:"
     return text + (f" {LETTERS[q.answer]}\n\n" if with_answer else "")
 
 
 def answer_prefix(layout: str) -> str:
-    """What comes between the prompt and the letter: MMLU's " A", CMMLU's "A"."""
-    return "" if layout == "cmmlu" else " "
+    """What comes between the prompt and the letter: MMLU's " A", CMMLU's and C-Eval's "A"."""
+    return "" if layout in ("cmmlu", "ceval") else " "
 
 
 def build_prompt(layout: str, q: Question, shots: list[Question]) -> str:
@@ -383,7 +492,7 @@ def evaluate_mcq(model, tokenizer, question_files: list[QuestionFile], section, 
             scores = all_scores[taken : taken + len(pairs)]
             taken += len(pairs)
             letters = scores[: len(q.options)]
-            benchmark = "cmmlu" if layout == "cmmlu" else "mmlu"
+            benchmark = layout if layout in ("cmmlu", "ceval") else "mmlu"
             row = {
                 "benchmark": benchmark,
                 "subject": f"{benchmark}/{q.subject}",

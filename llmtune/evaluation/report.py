@@ -44,10 +44,21 @@ def metric_rows(results: dict) -> list[tuple[str, str, float]]:
     if "generate" in results:
         rows.append(("generate", "mean new tokens", results["generate"]["mean_new_tokens"]))
         rows.append(("generate", "stopped at end of turn", results["generate"]["stopped_share"]))
+    # lm-eval's tasks and groups under its own metric names ("acc,none"), every metric it reported.
+    for name, found in results.get("lm_eval", {}).get("tasks", {}).items():
+        for metric, value in found["metrics"].items():
+            if value is not None:
+                rows.append((f"{LM_EVAL}{name}", metric, value))
     return rows
 
 
-def _better(task: str, metric: str) -> bool | None:
+LM_EVAL = "lm_eval:"  # the task column of an lm-eval task's rows: lm_eval:<task>
+
+
+def _better(task: str, metric: str, results: dict) -> bool | None:
+    if task.startswith(LM_EVAL):  # lm-eval says, per task and metric
+        found = results.get("lm_eval", {}).get("tasks", {}).get(task.removeprefix(LM_EVAL), {})
+        return found.get("higher_is_better", {}).get(metric.split(",")[0])
     for name, higher in HEADLINE.get(task, []):
         if metric == name or metric.startswith(name.split("_")[0] + " "):
             return higher
@@ -63,7 +74,7 @@ def comparison(names: list[str], results: list[dict]) -> dict:
         if key not in second:
             continue
         a, b = first[key], second[key]
-        higher = _better(*key)
+        higher = _better(*key, results[0])
         better = None if higher is None or a == b else ("b" if (b > a) == higher else "a")
         rows.append({"task": key[0], "metric": key[1], "a": a, "b": b, "delta": b - a, "better": better})
     generations = []

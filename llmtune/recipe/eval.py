@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from llmtune.recipe.base import (
     InputFile,
@@ -57,12 +57,15 @@ class PerplexityTaskSection(Section):
 
 
 class McqTaskSection(Section):
-    """Multiple-choice questions in the MMLU / CMMLU CSV layouts, scored by log-likelihood."""
+    """Multiple-choice questions in the MMLU / CMMLU / C-Eval CSV layouts, scored by log-likelihood."""
 
     files: OneOrMany[InputPath] = Field(
         ..., min_length=1, description="CSV files or folders of them (one subject each)."
     )
-    layout: Literal["auto", "mmlu", "mmlu_original", "cmmlu"] = "auto"
+    layout: Literal["auto", "mmlu", "mmlu_columns", "mmlu_original", "cmmlu", "ceval"] = Field(
+        "auto",
+        description="auto = detected from each file's header; another value must agree with the header.",
+    )
     shots: int = Field(0, ge=0, description="Worked examples before each question, from shots_files.")
     shots_files: OneOrMany[InputPath] = Field(
         default_factory=list, description="Dev files with the k-shot examples (matched by subject)."
@@ -139,9 +142,55 @@ class RewardTaskSection(Section):
     batch_size: int = Field(16, gt=0, description="Sequences scored at once.")
 
 
+def _split_commas(value: Any) -> Any:
+    """`a,b` or [a, "b,c"] → [a, b, c], as lm-eval's own `--tasks a,b` takes them."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        return value  # the type check reports it
+    return [name.strip() for item in items for name in item.split(",") if name.strip()]
+
+
+class LmEvalTaskSection(Section):
+    """Tasks of EleutherAI's lm-evaluation-harness (lm-eval) run on the model llmtune loaded."""
+
+    tasks: Annotated[list[str], BeforeValidator(_split_commas)] = Field(
+        ...,
+        min_length=1,
+        description="lm-eval task, group or tag names (mmlu, hellaswag, mytask) or glob patterns; "
+        "'a,b' is two.",
+    )
+    include_path: OneOrMany[InputPath] = Field(
+        default_factory=list,
+        description="Folders of task YAML files, or task .yaml files, defining local tasks (lm-eval's "
+        "include_path).",
+    )
+    num_fewshot: int | None = Field(
+        None, ge=0, description="Worked examples per question (default: each task's own, else 0)."
+    )
+    limit: int | float | None = Field(
+        None,
+        gt=0,
+        description="Documents per task: a count, or a share below 1 (0.1 = the first tenth); for tests.",
+    )
+    batch_size: int = Field(8, gt=0)
+    apply_chat_template: bool = Field(
+        False, description="Put each prompt in the model's chat template (lm-eval's --apply_chat_template)."
+    )
+    system_instruction: str | None = Field(None, description="System message put before every prompt.")
+    seed: Seed = Field(0, description="lm-eval's random, numpy, torch and few-shot seeds.")
+
+    @field_validator("limit")
+    @classmethod
+    def _limit_is_a_count_or_a_share(cls, value: int | float | None) -> int | float | None:
+        # lm-eval reads a float below 1 as a share and anything else as a count: 2.5 would quietly be 2.
+        if isinstance(value, float) and value >= 1:
+            raise ValueError(f"{value} is neither a count (write an integer) nor a share (below 1)")
+        return value
+
+
 class EvalRecipe(Recipe):
-    """`llmtune eval`: perplexity, multiple choice, generation, NER F1 and reward-model accuracy on one model
-    or two."""
+    """`llmtune eval`: perplexity, multiple choice, generation, NER F1, reward-model accuracy and lm-eval
+    tasks on one model or two."""
 
     model: ModelSection | None = None
     eval: EvalSection = Field(default_factory=EvalSection)
@@ -150,12 +199,13 @@ class EvalRecipe(Recipe):
     generate: GenerateTaskSection | None = None
     ner: NerTaskSection | None = None
     reward: RewardTaskSection | None = None
+    lm_eval: LmEvalTaskSection | None = None
 
     @property
     def tasks(self) -> list[str]:
         return [
             name
-            for name in ("perplexity", "mcq", "generate", "ner", "reward")
+            for name in ("perplexity", "mcq", "generate", "ner", "reward", "lm_eval")
             if getattr(self, name) is not None
         ]
 
@@ -163,6 +213,6 @@ class EvalRecipe(Recipe):
     def check_eval(self) -> EvalRecipe:
         if not self.tasks:
             raise ValueError(
-                "no task: add at least one of the sections perplexity, mcq, generate, ner, reward"
+                "no task: add at least one of the sections perplexity, mcq, generate, ner, reward, lm_eval"
             )
         return self

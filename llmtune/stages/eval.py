@@ -1,15 +1,17 @@
-"""`llmtune eval`: perplexity, multiple choice, generation, NER F1 and reward-model accuracy on a model, or
-on two side by side.
+"""`llmtune eval`: perplexity, multiple choice, generation, NER F1, reward-model accuracy and
+lm-evaluation-harness tasks on a model, or on two side by side.
 
     llmtune eval --recipe recipes/eval/smollm2-mmlu-cmmlu.yaml
     llmtune eval --recipe recipes/eval/quickstart-compare.yaml      (base vs the quickstart adapter)
     llmtune eval --model runs/quickstart --mcq ../shared/data/mcq/mmlu/dev --generate "What is LoRA?"
     llmtune eval --model runs/reward-en --reward pairs.jsonl      (a reward model's pairwise accuracy)
+    llmtune eval --model smollm2-135m-instruct --lm-eval mytask --lm-eval-include tasks/   (lm-eval tasks)
 
 Read top to bottom: results folder checked → inputs read and checked (before any model loads) → (results
 folder opened, staged) for each model: load (base, GGUF, merged folder, adapter run, lora-ner run, reward
-model) → tasks → results.json, per-question, generation and reward-score JSONL, report.md; with two models
-also compare.json / compare.md. The folder appears under its name only when every model has been evaluated.
+model) → tasks → results.json, per-question, generation, reward-score and lm-eval sample JSONL, report.md;
+with two models also compare.json / compare.md. The folder appears under its name only when every model has
+been evaluated.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from llmtune.reward_model import is_reward_folder
 from llmtune.run_folder import RunFolder, recipe_inputs
 
 log = logging.getLogger("llmtune")
-LM_TASKS = ("perplexity", "mcq", "generate")
+LM_TASKS = ("perplexity", "mcq", "generate", "lm_eval")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Inputs:
     ner_files: list[Path]
     skipped: dict
     reward_pairs: list = field(default_factory=list)  # evaluation.reward.PairFile per file
+    lm_eval: object = None  # evaluation.lm_eval_tasks.PreparedTasks: lm-eval's tasks, datasets read
 
 
 def run(recipe: EvalRecipe, *, overwrite: bool = False) -> dict:
@@ -140,10 +143,17 @@ def _read_inputs(recipe: EvalRecipe) -> Inputs:
         for found in reward_pairs:
             for reason, count in found.skipped.items():
                 log.warning("reward: skipped %d row(s) of %s: %s", count, found.path, reason)
+    lm_eval = None
+    if recipe.lm_eval:
+        from llmtune.evaluation.lm_eval_tasks import prepare_tasks
+
+        lm_eval = prepare_tasks(recipe.lm_eval, describe, _model_names(recipe))
     if bad.total:
         for reason, count in bad.counts.items():
             log.warning("skipped %d row(s): %s (first: %s)", count, reason, bad.examples[reason])
-    return Inputs(perplexity_files, question_files, shots, prompts, ner_files, dict(bad.counts), reward_pairs)
+    return Inputs(
+        perplexity_files, question_files, shots, prompts, ner_files, dict(bad.counts), reward_pairs, lm_eval
+    )
 
 
 def _labels(names: list[str]) -> list[str]:
@@ -220,6 +230,15 @@ def _evaluate(recipe: EvalRecipe, name: str, inputs: Inputs, template, out_dir: 
                 "mean_new_tokens": sum(r["new_tokens"] for r in rows) / len(rows),
                 "stopped_share": sum(r["stopped"] == "end" for r in rows) / len(rows),
             }
+        if recipe.lm_eval:  # last: lm-eval's HFLM gives the tokenizer a padding token when it has none
+            from llmtune.evaluation.lm_eval_tasks import evaluate_lm_eval
+
+            found = evaluate_lm_eval(model, tokenizer, inputs.lm_eval, recipe.lm_eval)
+            write_jsonl(found["samples"], out_dir / f"lm_eval-{label}.jsonl")
+            results["lm_eval"] = found["metrics"]
+            for task, entry in found["metrics"]["tasks"].items():
+                shown = [f"{k} {v:.4f}" for k, v in entry["metrics"].items() if v is not None]
+                log.info("lm_eval %s: %s", task, ", ".join(shown))
         results["seconds"] = round(time.time() - started, 1)
         del model
         gc.collect()
@@ -270,24 +289,12 @@ def _evaluate_reward(recipe: EvalRecipe, name: str, inputs: Inputs, out_dir: Pat
 
 def _load_lm(recipe: EvalRecipe, name: str, template):
     """(model in eval mode, tokenizer, template for the next model, kind) for a name, folder or run."""
-    from llmtune.adapters import is_adapter_folder, load_adapter_model
     from llmtune.data.templates import apply_template, end_of_turn_token
     from llmtune.generation import set_stop_tokens
-    from llmtune.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_source
+    from llmtune.inference import load_lm
     from llmtune.recipe import ModelSection
 
-    section = (recipe.model or ModelSection(name_or_path=name)).model_copy(update={"name_or_path": name})
-    dtype = str(resolve_dtype(section.dtype)).removeprefix("torch.")
-    if Path(name).is_dir() and is_adapter_folder(name):
-        model, tokenizer, notes = load_adapter_model(name, dtype=dtype, hub=section.hub)
-        for note in notes:
-            log.info("note: %s", note)
-        kind = "adapter"
-    else:
-        resolved = resolve_model_source(section)
-        tokenizer = load_tokenizer(section, resolved)
-        model = load_causal_lm(section, resolved, tokenizer).eval()
-        kind = "gguf" if resolved.gguf_file else "model"
+    model, tokenizer, kind = load_lm(recipe.model or ModelSection(name_or_path=name), name)
     if template:  # the recipe's, or (comparing) the first model's, so both see the same prompts
         if tokenizer.chat_template != template:
             if template == recipe.eval.template:
