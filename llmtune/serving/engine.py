@@ -282,10 +282,11 @@ class Text:
             self.stopped = True
             self.final = self._end(full[:cut])
             return self._delta(self.final)
-        shown = self._end(full)
+        # Held back: the end that may begin a stop string, then (in a chat answer) the whitespace before
+        # it, which is shown only when text follows it.
+        shown = self._end(full[: len(full) - self._partial_stop(full)])
         if shown.endswith("\ufffd"):  # a character split across tokens: wait for its other bytes
             return ""
-        shown = shown[: len(shown) - self._partial_stop(shown)]
         return self._delta(shown)
 
     def finish(self, ids: list[int]) -> str:
