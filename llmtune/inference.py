@@ -26,6 +26,20 @@ def export_gguf(folder: Path) -> str | None:
     return found[0] if found else None
 
 
+def model_flag_problems(dtype: str, hub: str) -> list[str]:
+    """What is wrong with --dtype / --hub (chat, serve), checked against ModelSection's own choices."""
+    import typing
+
+    from llmtune.recipe import ModelSection
+
+    problems = []
+    for flag, value, field in (("--dtype", dtype, "dtype"), ("--hub", hub, "hub")):
+        choices = typing.get_args(ModelSection.model_fields[field].annotation)
+        if value not in choices:
+            problems.append(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
+    return problems
+
+
 def load_lm(section, name: str):
     """(model in eval mode, tokenizer, kind) for `name` with the settings of ModelSection `section`;
     kind is "adapter", "gguf" or "model"."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import typing
 
 from llmtune.errors import LlmtuneError
 from llmtune.serving.chat_session import ChatSession, ChatSettings, commands_help
@@ -49,7 +48,7 @@ def run(
 
 def check_flags(settings: ChatSettings, *, dtype: str, hub: str) -> None:
     """Every flag problem at once, as one paragraph, before the model loads (a load can take minutes)."""
-    from llmtune.recipe import ModelSection
+    from llmtune.inference import model_flag_problems
 
     problems = []
     if not (math.isfinite(settings.temperature) and settings.temperature >= 0):
@@ -60,10 +59,7 @@ def check_flags(settings: ChatSettings, *, dtype: str, hub: str) -> None:
         problems.append(f"--top-k must be 0 (off) or more, not {settings.top_k}")
     if settings.max_new_tokens <= 0:
         problems.append(f"--max-new-tokens must be at least 1, not {settings.max_new_tokens}")
-    for flag, value, field in (("--dtype", dtype, "dtype"), ("--hub", hub, "hub")):
-        choices = typing.get_args(ModelSection.model_fields[field].annotation)
-        if value not in choices:
-            problems.append(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
+    problems += model_flag_problems(dtype, hub)
     if problems:
         raise LlmtuneError("; ".join(problems) + ".")
 

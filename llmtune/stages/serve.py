@@ -49,6 +49,8 @@ def run(
 
 
 def _check(port, api_key, max_tokens_limit, max_body_bytes, max_queue, dtype, hub) -> None:
+    from llmtune.inference import model_flag_problems
+
     if not 0 <= port <= 65535:
         raise LlmtuneError(f"--port {port}: a port is 0-65535 (0 picks a free one).")
     for flag, value in (
@@ -60,10 +62,9 @@ def _check(port, api_key, max_tokens_limit, max_body_bytes, max_queue, dtype, hu
             raise LlmtuneError(f"{flag} {value}: must be at least 1.")
     if api_key is not None and not api_key.strip():
         raise LlmtuneError("--api-key is empty: give a key, or leave the flag out to serve without one.")
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise LlmtuneError(f"--dtype {dtype!r}: expected auto, float32, bfloat16 or float16.")
-    if hub not in ("auto", "hf", "modelscope"):
-        raise LlmtuneError(f"--hub {hub!r}: expected auto, hf or modelscope.")
+    problems = model_flag_problems(dtype, hub)
+    if problems:
+        raise LlmtuneError("; ".join(problems) + ".")
 
 
 def bind(host: str, port: int) -> socket.socket:
