@@ -177,7 +177,9 @@ def test_a_conversation_with_every_command(chat, tmp_path):
 
 
 def test_answers_stream_and_ctrl_c_stops_one(chat):
-    term = chat("--max-new-tokens", "200")
+    # As long as the tiny model's 512-token context allows, so that a fast machine cannot finish the
+    # answer before the test has seen it grow and pressed Ctrl-C.
+    term = chat("--max-new-tokens", "480")
     term.wait_for_prompt(1, STARTUP)
     term.type("Tell me everything")
     # Streaming: some of the answer is shown, then more of it, while the prompt has not come back.
@@ -194,12 +196,12 @@ def test_answers_stream_and_ctrl_c_stops_one(chat):
     term.key("C-c")
     screen = term.wait_for_prompt(2)
     stopped = answer_after(screen, "Tell me everything")
-    assert " [stopped]\n" in stopped and len(stopped) < 2000  # well before 200 tokens
+    assert " [stopped]\n" in stopped and "[cut at" not in stopped  # stopped, not run to its limit
     assert "[exited" not in screen  # the session goes on
 
     term.type("/regen")  # the session still answers (the stopped answer, again, to its end this time)
     screen = term.wait_for_prompt(3, 180)
-    assert "[cut at 200 tokens" in answer_after(screen, "/regen")
+    assert "[cut at 480 tokens" in answer_after(screen, "/regen")
 
     term.key("C-d")  # Ctrl-D at the prompt ends the session too
     assert term.exit_status() == "0"
