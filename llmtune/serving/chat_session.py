@@ -8,10 +8,12 @@ for, then the new message. What /save writes: every turn as the user had it, wha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import secrets
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,10 +244,12 @@ class ChatSession:
 
     def stream(self, prompt_ids: list[int], sampling: Sampling) -> Answer:
         """Generate in a worker thread and print each delta here, in the main thread, where Python delivers
-        Ctrl-C: a KeyboardInterrupt then only sets the engine's cancel event, and the worker drains the
-        engine's generator to its end, so the engine's own thread is joined and its lock released by the
-        engine itself, never skipped by an exception raised inside it. What the worker produced after the
-        interrupt (at most a token or two) is printed too, so the answer kept is the text shown."""
+        Ctrl-C. While an answer streams, SIGINT only sets the engine's cancel event (`_ctrl_c_cancels`): a
+        KeyboardInterrupt raised at an arbitrary point of the main thread could land inside the queue's
+        lock and leave it broken, which once ended a session with exit 1 instead of " [stopped]". The worker
+        drains the engine's generator to its end, so the engine's own thread is joined and its lock released
+        by the engine itself. What the worker produced after the interrupt (at most a token or two) is
+        printed too, so the answer kept is the text shown."""
         cancel = threading.Event()
         deltas: queue.Queue = queue.Queue()
         outcome: list = []  # the Answer, or the exception the engine raised
@@ -265,23 +269,39 @@ class ChatSession:
                 deltas.put(None)
 
         worker = threading.Thread(target=work, name="llmtune-chat-answer", daemon=True)
-        try:
-            worker.start()
-            while (delta := deltas.get()) is not None:
-                self.out.write(delta)
-                self.out.flush()
-        except KeyboardInterrupt:
-            cancel.set()
-        finally:
-            _join_through_interrupts(worker, cancel)
-        while not deltas.empty():  # the worker has ended: whatever it produced is here
-            self.out.write(deltas.get() or "")
-        self.out.flush()
+        with _ctrl_c_cancels(cancel):
+            try:
+                worker.start()
+                while (delta := deltas.get()) is not None:
+                    self.out.write(delta)
+                    self.out.flush()
+            except KeyboardInterrupt:  # only off the main thread, where no handler could be installed
+                cancel.set()
+            finally:
+                _join_through_interrupts(worker, cancel)
+            while not deltas.empty():  # the worker has ended: whatever it produced is here
+                self.out.write(deltas.get() or "")
+            self.out.flush()
         if not outcome:  # interrupted before the worker began
             return Answer(prompt_tokens=len(prompt_ids), finish_reason="cancelled")
         if isinstance(outcome[0], BaseException):
             raise outcome[0]
         return outcome[0]
+
+
+@contextlib.contextmanager
+def _ctrl_c_cancels(cancel: threading.Event):
+    """For the duration of one answer, SIGINT sets `cancel` instead of raising KeyboardInterrupt. Python runs
+    a signal handler between bytecodes of the main thread only, so this is installed there alone; elsewhere
+    the caller falls back to catching KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: cancel.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _join_through_interrupts(worker: threading.Thread, cancel: threading.Event) -> None:

@@ -5,8 +5,10 @@ by sft's own reader, the context guard, a real SIGINT during an answer, and the 
 import dataclasses
 import json
 import os
+import random
 import signal
 import threading
+import time
 
 import pytest
 
@@ -303,6 +305,51 @@ def test_ctrl_c_stops_the_answer_and_the_session_goes_on(engine, where):
     session.settings = dataclasses.replace(session.settings, max_new_tokens=5)
     session.handle("/regen" if where == "while printing" else "Next")
     assert "[cut at" in out.text().split(" [stopped]\n")[1]  # the next answer runs to its end
+
+
+ROUNDS = 12
+
+
+def test_a_burst_of_ctrl_c_at_random_moments_always_stops_cleanly(engine):
+    """Ctrl-C pressed repeatedly at random moments of several answers: each ends " [stopped]" and the
+    session goes on. (A KeyboardInterrupt landing inside the queue's lock once ended a session with exit 1.)"""
+    rng = random.Random(0)
+    out = Recording()
+    session = session_on(engine, out, max_new_tokens=400)
+    answering = threading.Event()
+    strays = []  # presses that land after an answer has ended: recorded here instead of raising in the test
+
+    def like_python(signum, frame):  # Python's own handler while an answer runs, a no-op outside one
+        if answering.is_set():
+            raise KeyboardInterrupt
+        strays.append(signum)
+
+    outside = signal.signal(signal.SIGINT, like_python)
+    try:
+        for round_ in range(ROUNDS):
+            started = threading.Event()
+            out.on_write = lambda stream, started=started: started.set()
+            presses = rng.randint(1, 40)
+            delays = [rng.choice([0, 0.0005, 0.002, 0.01]) for _ in range(presses)]
+
+            def burst(started=started, delays=delays):
+                started.wait(30)
+                for delay in delays:
+                    time.sleep(delay)
+                    os.kill(os.getpid(), signal.SIGINT)
+
+            presser = threading.Thread(target=burst, daemon=True)
+            presser.start()
+            answering.set()
+            session.handle(f"Go on, round {round_}")
+            answering.clear()
+            presser.join(30)
+            assert out.text().endswith(" [stopped]\n"), out.text()[-200:]
+            assert not engine.lock.locked() and engine._worker.jobs.empty()
+            assert signal.getsignal(signal.SIGINT) is like_python  # the handler it found is back
+    finally:
+        signal.signal(signal.SIGINT, outside)
+    assert len(session.turns) == ROUNDS and len(strays) < ROUNDS * 40
 
 
 # ------------------------------------------------------------------------------------------ the command
