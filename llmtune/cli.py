@@ -30,14 +30,21 @@ app = typer.Typer(
     "  llmtune export --model runs/quickstart --format ollama --quant q8_0 --out runs/export/quickstart\n\n"
     "  llmtune chat --model runs/quickstart\n\n"
     "  llmtune serve --model runs/quickstart --port 8000\n\n"
-    "  llmtune fetch smollm2-135m-instruct",
+    "  llmtune fetch smollm2-135m-instruct\n\n"
+    "  llmtune fetch --dataset 'hf:tatsu-lab/alpaca?split=train[:500]'\n\n"
+    "  llmtune import-recipe LLaMA-Factory/examples/train_lora/llama3_lora_sft.yaml --out recipe.yaml",
     no_args_is_help=True,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 
-RecipeOption = typer.Option(..., "--recipe", "-r", help="YAML recipe file.", show_default=False)
+RecipeOption = typer.Option(
+    None, "--recipe", "-r", help="YAML recipe file (or give it as the first argument).", show_default=False
+)
+RecipeArgument = typer.Argument(
+    None, metavar="[RECIPE]", help="YAML recipe file (the same as --recipe).", show_default=False
+)
 OptionalRecipeOption = typer.Option(
     None, "--recipe", "-r", help="YAML recipe file (to train).", show_default=False
 )
@@ -99,6 +106,23 @@ def _root(
     pass
 
 
+def _recipe_path(positional: str | None, option: str | None, command: str) -> str:
+    """The recipe file, given as `llmtune sft FILE` (as LLaMA-Factory and axolotl users type) or with
+    `--recipe FILE`: one of them, not both."""
+    from llmtune.errors import LlmtuneError
+
+    if positional is not None and option is not None and positional != option:
+        raise LlmtuneError(
+            f"llmtune {command}: two recipes given, {positional!r} and --recipe {option!r}; give one."
+        )
+    path = positional or option
+    if path is None:
+        raise LlmtuneError(
+            f"llmtune {command} needs a recipe: llmtune {command} RECIPE.yaml (or --recipe FILE)."
+        )
+    return path
+
+
 def _load(path: str, kind: str | None, overrides: list[str] | None, *, allowed: tuple[str, ...] = ()):
     """The recipe at `path` as the recipe class of command `kind` (None: told by its sections, one of
     `allowed`), with its loading notes printed."""
@@ -151,6 +175,7 @@ def _training_command(stage: str, *, recipe_required: bool = True):
 
     def command(
         ctx: typer.Context,
+        recipe_file: str = RecipeArgument,
         recipe: str = recipe_option,
         set_: list[str] = SetOption,
         print_config: bool = PrintConfigOption,
@@ -167,6 +192,11 @@ def _training_command(stage: str, *, recipe_required: bool = True):
     ) -> None:
         if ctx.invoked_subcommand is not None:
             return  # `llmtune lora-ner predict ...`: the subcommand runs instead
+        if not isinstance(recipe_file, str):  # lora-ner: the parameter is not declared (see below)
+            recipe_file = None
+        if recipe_file is not None or recipe_required:
+            with user_errors(debug):
+                recipe = _recipe_path(recipe_file, recipe, stage)
         launch_flags = {
             "nproc": nproc,
             "strategy": strategy,
@@ -178,6 +208,15 @@ def _training_command(stage: str, *, recipe_required: bool = True):
         }
         _train(stage, recipe, set_, print_config, overwrite, resume, debug, launch_flags)
 
+    if not recipe_required:
+        # A command group (lora-ner): a positional recipe would swallow the subcommand's name (`predict`),
+        # so the group takes --recipe only.
+        import inspect
+
+        signature = inspect.signature(command)
+        command.__signature__ = signature.replace(
+            parameters=[p for name, p in signature.parameters.items() if name != "recipe_file"]
+        )
     return command
 
 
@@ -230,6 +269,7 @@ app.command(
     epilog="Example: llmtune prune --recipe recipes/prune/smollm2-135m-depth-20.yaml",
 )
 def prune(
+    recipe_file: str = RecipeArgument,
     recipe: str = RecipeOption,
     set_: list[str] = SetOption,
     print_config: bool = PrintConfigOption,
@@ -239,7 +279,7 @@ def prune(
     debug: bool = DebugOption,
 ) -> None:
     with user_errors(debug):
-        loaded = _load(recipe, "prune", set_)
+        loaded = _load(_recipe_path(recipe_file, recipe, "prune"), "prune", set_)
         if print_config:
             typer.echo(loaded.to_yaml(), nl=False)
             return
@@ -261,6 +301,7 @@ app.add_typer(data_app, name="data")
     epilog="Example: llmtune data check --recipe recipes/sft/smollm2-135m-lora-medical.yaml --samples 2",
 )
 def data_check(
+    recipe_file: str = RecipeArgument,
     recipe: str = RecipeOption,
     set_: list[str] = SetOption,
     samples: int = typer.Option(2, "--samples", "-n", help="Examples to render with their loss mask."),
@@ -276,7 +317,12 @@ def data_check(
             raise LlmtuneError(f"--samples {samples}: must be 0 or more.")
         if color not in ("auto", "always", "never"):
             raise LlmtuneError(f"--color {color!r}: expected auto, always or never.")
-        loaded = _load(recipe, None, set_, allowed=("sft", "dpo", "reward", "grpo", "rloo", "distill"))
+        loaded = _load(
+            _recipe_path(recipe_file, recipe, "data check"),
+            None,
+            set_,
+            allowed=("sft", "dpo", "reward", "grpo", "rloo", "distill"),
+        )
         from llmtune.stages import data_check as stage
 
         use_color = color == "always" or (color == "auto" and sys.stdout.isatty())
@@ -335,6 +381,7 @@ def lora_ner_predict(
     epilog="Example: llmtune plan --recipe recipes/sft/llama3-8b-qlora-medical.yaml --device-memory 24GB",
 )
 def plan(
+    recipe_file: str = RecipeArgument,
     recipe: str = RecipeOption,
     device_memory: str = typer.Option(
         None, "--device-memory", help="Memory per device, e.g. 24GB, 80GiB (default: the detected GPU)."
@@ -358,7 +405,10 @@ def plan(
 
             raise LlmtuneError(f"--nproc {nproc}: must be at least 1.")
         loaded = _load(
-            recipe, None, set_, allowed=("pretrain", "sft", "dpo", "reward", "grpo", "rloo", "distill")
+            _recipe_path(recipe_file, recipe, "plan"),
+            None,
+            set_,
+            allowed=("pretrain", "sft", "dpo", "reward", "grpo", "rloo", "distill"),
         )
         result = estimate(
             loaded,
@@ -591,11 +641,20 @@ def eval_(
 
 
 @app.command(
-    help="Download a hub model into the local cache, or convert a demo model, so later runs work offline.",
-    epilog="Example: llmtune fetch smollm2-135m-instruct  |  llmtune fetch bigscience/bloomz-560m --hub modelscope",
+    help="Download a hub model or dataset into the local cache, or convert a demo model, so later runs work "
+    "offline.",
+    epilog="Examples: llmtune fetch smollm2-135m-instruct  |  llmtune fetch bigscience/bloomz-560m --hub modelscope"
+    "  |  llmtune fetch --dataset 'hf:tatsu-lab/alpaca?split=train[:500]'",
 )
 def fetch(
-    name: str = typer.Argument(..., help="Demo alias, HuggingFace id or ModelScope id."),
+    name: str = typer.Argument(None, help="Demo alias, HuggingFace id or ModelScope id of a model."),
+    dataset: str = typer.Option(
+        None,
+        "--dataset",
+        help="A dataset instead: hf:OWNER/NAME or ms:OWNER/NAME (with ?subset=&split= as in a recipe), or "
+        "a bare id on --hub.",
+        show_default=False,
+    ),
     hub: str = typer.Option("auto", "--hub", help="auto ($LLMTUNE_HUB or HuggingFace), hf or modelscope."),
     revision: str = typer.Option(None, "--revision", help="Branch, tag or commit on the hub."),
     gguf_file: str = typer.Option(
@@ -605,12 +664,42 @@ def fetch(
 ) -> None:
     with user_errors(debug):
         from llmtune.errors import LlmtuneError
-        from llmtune.hub import resolve_model
 
         if hub not in ("auto", "hf", "modelscope"):
             raise LlmtuneError(f"--hub {hub!r}: expected auto, hf or modelscope.")
+        if (name is None) == (dataset is None):
+            raise LlmtuneError("give a model name or --dataset ID (one of them).")
+        if dataset is not None:
+            _fetch_dataset(dataset, hub, revision, gguf_file)
+            return
+        from llmtune.hub import resolve_model
+
         resolved = resolve_model(name, hub=hub, revision=revision, gguf_file=gguf_file)
         typer.echo(f"{name}: {resolved.path} ({resolved.source})")
+
+
+def _fetch_dataset(entry: str, hub: str, revision: str | None, gguf_file: str | None) -> None:
+    import dataclasses
+    import os
+
+    from llmtune.data import hub_datasets
+    from llmtune.errors import LlmtuneError
+    from llmtune.recipe.hub_dataset import BadReference, is_reference, make_reference, parse_reference
+
+    if gguf_file is not None:
+        raise LlmtuneError("--gguf-file is for models; a dataset is fetched whole.")
+    try:
+        if is_reference(entry):
+            ref = parse_reference(entry)
+        else:
+            chosen = hub if hub != "auto" else os.environ.get("LLMTUNE_HUB", "hf")
+            ref = make_reference(entry, hub="modelscope" if chosen == "modelscope" else "hf", name=entry)
+    except BadReference as exc:
+        raise LlmtuneError(f"--dataset {exc}.") from None
+    if revision is not None:
+        ref = dataclasses.replace(ref, revision=revision)
+    folder = hub_datasets.fetch(ref)
+    typer.echo(f"{ref.canonical()}: {folder}")
 
 
 _SAMPLING = "Sampling"
@@ -706,6 +795,44 @@ def serve(
             dtype=dtype,
             hub=hub,
         )
+
+
+@app.command(
+    "import-recipe",
+    help="Turn a LLaMA-Factory training YAML (stage, model_name_or_path, lora_rank, dataset, cutoff_len, ...) "
+    "into an llmtune recipe: datasets looked up in its dataset_info.json, TrainingArguments kept under their "
+    "names, every key without an equivalent written as a comment saying why. Never replaces an existing file.",
+    epilog="Example: llmtune import-recipe examples/train_lora/llama3_lora_sft.yaml --out recipe.yaml",
+)
+def import_recipe(
+    source: str = typer.Argument(..., help="The LLaMA-Factory YAML.", show_default=False),
+    out: str = typer.Option(
+        ..., "--out", "-o", help="The recipe to write (a new file), or - to print it.", show_default=False
+    ),
+    dataset_dir: str = typer.Option(
+        None,
+        "--dataset-dir",
+        help="Folder holding dataset_info.json (default: the recipe's dataset_dir, else `data` here, beside "
+        "the YAML or above it).",
+        show_default=False,
+    ),
+    debug: bool = DebugOption,
+) -> None:
+    with user_errors(debug):
+        from llmtune.stages import import_recipe as stage
+
+        imported = stage.run(source, out, dataset_dir=dataset_dir)
+        for warning in imported.warnings:
+            logging.getLogger("llmtune").warning("warning: %s", warning)
+        if out == "-":
+            typer.echo(imported.text, nl=False)
+            typer.echo(f"next: save it, then {imported.run}", err=True)
+        else:
+            typer.echo(f"wrote {out} (llmtune {imported.command}) from {source}")
+            if any("TODO" in line for line in imported.text.splitlines() if not line.startswith("#")):
+                typer.echo(f"next: replace the TODO entries in {out} (see the warnings), then {imported.run}")
+            else:
+                typer.echo(f"next: {imported.run}")
 
 
 def main() -> None:

@@ -155,13 +155,17 @@ def standard_callbacks(
 STAGING_PREFIX = "tmp-checkpoint"
 
 
-def make_checkpoints_atomic(trainer, resumed_from: str | None = None, guard: LossGuard | None = None) -> None:
+def make_checkpoints_atomic(
+    trainer, resumed_from: str | None = None, guard: LossGuard | None = None, extra_state: tuple = ()
+) -> None:
     """Write each checkpoint into `tmp-checkpoint-N`, then rename it to `checkpoint-N`, so that a run killed
     mid-save never leaves a folder that looks like a checkpoint; and keep checkpoints by llmtune's rule.
 
     HF writes `checkpoint-N` in place and its rotation protects only the best checkpoint; here the newest
     `save_total_limit` are kept, plus the best one and the one this session resumed from. Done by wrapping
-    the Trainer's own `_save_checkpoint` (no public hook decides where a checkpoint is written).
+    the Trainer's own `_save_checkpoint` (no public hook decides where a checkpoint is written). The
+    `guard` and each of `extra_state` (objects with `write_state(folder, step)`, such as a stream's position)
+    write their files into the staging folder, so a checkpoint has them whole or is not a checkpoint.
     """
     import transformers.trainer as trainer_module
 
@@ -186,6 +190,8 @@ def make_checkpoints_atomic(trainer, resumed_from: str | None = None, guard: Los
         staging, final = run_dir / f"{STAGING_PREFIX}-{step}", run_dir / f"{CHECKPOINT_PREFIX}{step}"
         if guard is not None:
             guard.write_state(staging, step)
+        for writer in extra_state:
+            writer.write_state(staging, step)
         best_step = trainer.state.best_global_step
         if best_step:
             best = run_dir / f"{CHECKPOINT_PREFIX}{best_step}"
@@ -232,11 +238,12 @@ def check_launch(trainer, recipe) -> str:
 TRAINING_PHASES = ("model", "train", "save", "final_eval", "samples")
 
 
-def run_training(trainer, recipe, run):
+def run_training(trainer, recipe, run, *, checkpoint_state: tuple = ()):
     """trainer.train() the llmtune way: the launch checked (and recorded in the manifest), checkpoints
     written atomically and kept by llmtune's rule, --resume from the checkpoint the run folder checked,
     a signal turned into a saved checkpoint plus an error that says how to resume, a non-finite loss
-    turned into a stop, and `training_loss` over the whole run (a resumed run included)."""
+    turned into a stop, and `training_loss` over the whole run (a resumed run included). Each of
+    `checkpoint_state` writes its own file into every checkpoint (see make_checkpoints_atomic)."""
     from llmtune.interrupt import raise_if_interrupted
 
     run.phase("train")
@@ -246,7 +253,7 @@ def run_training(trainer, recipe, run):
     if checkpoint is not None:
         log.info("Resuming from %s", checkpoint)
     guard = LossGuard(recipe, trainer, checkpoint)
-    make_checkpoints_atomic(trainer, checkpoint, guard)
+    make_checkpoints_atomic(trainer, checkpoint, guard, checkpoint_state)
     output = trainer.train(resume_from_checkpoint=checkpoint)
     raise_if_interrupted(trainer, recipe, run.command)
     guard.raise_if_tripped(trainer, recipe, run)

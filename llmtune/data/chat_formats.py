@@ -281,8 +281,14 @@ def _prompt_messages(prompt, system) -> list[dict]:
 
 
 def _answer(value, name: str) -> str:
-    """A preference answer: a string, or a message list whose last message is the assistant's."""
-    if isinstance(value, list):
+    """A preference answer: a string, a message list whose last message is the assistant's, or one
+    assistant message ({from: gpt, value} or {role: assistant, content}: LLaMA-Factory's sharegpt pairs)."""
+    if isinstance(value, dict):
+        speaker = value.get("from", value.get("role"))
+        if SHAREGPT_ROLES.get(speaker) != "assistant":
+            raise BadRow(f"'{name}' is a message from {brief(speaker)}, not from the assistant")
+        value = value.get("value", value.get("content"))
+    elif isinstance(value, list):
         if not value or not isinstance(value[-1], dict) or value[-1].get("role") != "assistant":
             raise BadRow(f"'{name}' is a message list that does not end with an assistant message")
         value = value[-1].get("content")

@@ -343,6 +343,28 @@ def _folder_files(folder: Path, suffixes: tuple[str, ...]) -> _Walk:
     return walk
 
 
+def _hub_dataset_file(entry: str, key: str, suffixes: tuple[str, ...]) -> Path | None:
+    """The local file holding a hub dataset's rows when `entry` names one (`hf:...`, `ms:...`) or is a
+    folder written by `save_to_disk` (whose dataset_info.json and state.json would otherwise be read as
+    data); None for any other entry."""
+    from llmtune.recipe.hub_dataset import BadReference, HubReference, parse_reference
+
+    try:
+        ref = parse_reference(entry)
+    except BadReference as exc:
+        raise LlmtuneError(f"{key}: {exc}.") from None
+    if ref is None:
+        from llmtune.data.hub_datasets import is_saved_dataset
+
+        path = Path(entry)
+        if not (path.is_dir() and is_saved_dataset(path)):
+            return None
+        ref = HubReference(hub="hf", name=str(path.resolve()))
+    from llmtune.data.hub_datasets import materialise
+
+    return materialise(ref, key, suffixes)
+
+
 def expand_sources(
     entries: list[str], key: str, suffixes: tuple[str, ...] = TEXT_SUFFIXES, describe=None
 ) -> list[Path]:
@@ -351,6 +373,10 @@ def expand_sources(
     describe = describe or (lambda p: f"'{p}'")
     files: list[Path] = []
     for entry in entries:
+        hub_file = _hub_dataset_file(entry, key, suffixes)
+        if hub_file is not None:
+            files.append(hub_file)
+            continue
         path = Path(entry)
         if glob.has_magic(entry) and not os.path.lexists(entry):
             walk = _glob_files(entry)

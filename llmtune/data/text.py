@@ -41,6 +41,8 @@ from llmtune.data.sources import (
 from llmtune.errors import LlmtuneError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from datasets import DatasetDict
 
     from llmtune.recipe import CleaningSection, TextDataSection
@@ -108,27 +110,38 @@ class TextDataReport:
 def read_documents(
     files: list[Path], data: TextDataSection, bad: BadRows, report: TextDataReport
 ) -> list[str]:
-    docs: list[str] = []
-    for path in files:
-        if path.suffix == ".txt":
-            docs.extend(split_txt(read_text_file(path), data.txt_document))
-            continue
-        for where, row in iter_json_rows(path, data.on_bad_rows, bad):
-            value = row.get(data.text_field)
-            if not isinstance(value, str):
-                problem = "missing text field" if value is None else "text field is not a string"
-                report_bad_row(
-                    where,
-                    f"{problem} '{data.text_field}' (keys: {', '.join(list(row)[:8])})",
-                    data.on_bad_rows,
-                    bad,
-                )
-                continue
-            docs.append(value)
+    docs = [doc for path in files for doc in file_documents(path, data, bad)]
     report.documents_read = len(docs)
     kept = [d for d in docs if d.strip()]
     report.empty_documents = len(docs) - len(kept)
     return kept
+
+
+def file_documents(path: Path, data: TextDataSection, bad: BadRows) -> Iterator[str]:
+    """The documents of one file in order (empty ones included): a .txt file cut per `data.txt_document`,
+    or the text field of each .jsonl/.json row. Also read one file at a time by the streaming path."""
+    if path.suffix == ".txt":
+        yield from split_txt(read_text_file(path), data.txt_document)
+        return
+    for where, row in iter_json_rows(path, data.on_bad_rows, bad):
+        text = row_text(where, row, data, bad)
+        if text is not None:
+            yield text
+
+
+def row_text(where: str, row: dict, data: TextDataSection, bad: BadRows) -> str | None:
+    """A row's `data.text_field`, or None after reporting the row as bad (an error, or counted)."""
+    value = row.get(data.text_field)
+    if isinstance(value, str):
+        return value
+    problem = "missing text field" if value is None else "text field is not a string"
+    report_bad_row(
+        where,
+        f"{problem} '{data.text_field}' (keys: {', '.join(list(row)[:8])})",
+        data.on_bad_rows,
+        bad,
+    )
+    return None
 
 
 def split_txt(text: str, unit: str) -> list[str]:
@@ -143,35 +156,68 @@ def split_txt(text: str, unit: str) -> list[str]:
 # ------------------------------------------------------------------------------------------ cleaning
 def clean_documents(docs: list[str], clean: CleaningSection) -> tuple[list[str], list[dict]]:
     """Apply the cleaning steps in order; return the documents and what each step did."""
-    steps: list[dict] = []
-    if clean.unicode_normalization:
-        form = clean.unicode_normalization
-        new = [unicodedata.normalize(form, d) for d in docs]
-        steps.append(
-            {"step": f"unicode {form}", "changed": sum(a != b for a, b in zip(docs, new, strict=True))}
-        )
-        docs = new
-    if clean.collapse_whitespace:
-        new = [re.sub(r"[^\S\n]+", " ", re.sub(r"\n{3,}", "\n\n", d)).strip() for d in docs]
-        steps.append(
-            {"step": "collapse whitespace", "changed": sum(a != b for a, b in zip(docs, new, strict=True))}
-        )
-        docs = [d for d in new if d]
-    if clean.min_chars or clean.max_chars:
-        upper = clean.max_chars or float("inf")
-        kept = [d for d in docs if clean.min_chars <= len(d) <= upper]
-        steps.append(
-            {
-                "step": f"length {clean.min_chars}..{clean.max_chars or '∞'} chars",
-                "removed": len(docs) - len(kept),
-            }
-        )
-        docs = kept
-    if clean.deduplicate:
-        kept = list(dict.fromkeys(docs))
-        steps.append({"step": "exact de-duplication", "removed": len(docs) - len(kept)})
-        docs = kept
-    return docs, steps
+    cleaner = DocumentCleaner(clean)
+    kept = [cleaned for doc in docs if (cleaned := cleaner(doc)) is not None]
+    return kept, cleaner.steps()
+
+
+class DocumentCleaner:
+    """`data.clean` applied to one document at a time, counting what each step changed or removed.
+
+    The steps are per document, so applying them all to one document before the next gives what applying
+    each step to every document in turn gives; the one step that looks across documents, exact
+    de-duplication, keeps the first copy either way. It remembers a 16-byte digest per document kept
+    rather than the text, so that a stream of documents too large for memory can be de-duplicated too.
+    """
+
+    def __init__(self, clean: CleaningSection):
+        self.clean = clean
+        self.counts: dict[str, int] = dict.fromkeys(self._step_names(), 0)
+        self.seen: set[bytes] = set()
+
+    def _step_names(self) -> list[str]:
+        clean, names = self.clean, []
+        if clean.unicode_normalization:
+            names.append(f"unicode {clean.unicode_normalization}")
+        if clean.collapse_whitespace:
+            names.append("collapse whitespace")
+        if clean.min_chars or clean.max_chars:
+            names.append(f"length {clean.min_chars}..{clean.max_chars or '∞'} chars")
+        if clean.deduplicate:
+            names.append("exact de-duplication")
+        return names
+
+    def __call__(self, doc: str) -> str | None:
+        """The cleaned document, or None when a step removes it."""
+        clean = self.clean
+        if clean.unicode_normalization:
+            new = unicodedata.normalize(clean.unicode_normalization, doc)
+            self.counts[f"unicode {clean.unicode_normalization}"] += new != doc
+            doc = new
+        if clean.collapse_whitespace:
+            new = re.sub(r"[^\S\n]+", " ", re.sub(r"\n{3,}", "\n\n", doc)).strip()
+            self.counts["collapse whitespace"] += new != doc
+            if not new:
+                return None
+            doc = new
+        if clean.min_chars or clean.max_chars:
+            if not clean.min_chars <= len(doc) <= (clean.max_chars or float("inf")):
+                self.counts[f"length {clean.min_chars}..{clean.max_chars or '∞'} chars"] += 1
+                return None
+        if clean.deduplicate:
+            digest = hashlib.blake2b(doc.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            if digest in self.seen:
+                self.counts["exact de-duplication"] += 1
+                return None
+            self.seen.add(digest)
+        return doc
+
+    def steps(self) -> list[dict]:
+        """What each step did, in clean_documents' shape: {"step", "changed" | "removed"}."""
+        return [
+            {"step": name, ("changed" if name.startswith(("unicode", "collapse")) else "removed"): count}
+            for name, count in self.counts.items()
+        ]
 
 
 # ------------------------------------------------------------------------------------------ split
@@ -273,6 +319,11 @@ def build_text_datasets(
     """Train (and validation, when asked for) blocks of token ids, and the report of how they were made."""
     from datasets import DatasetDict
 
+    if data.streaming:  # pretrain reads it through data/text_stream.py; prune and distill need the blocks
+        raise LlmtuneError(
+            "data.streaming is read by llmtune pretrain only; this command tokenises its text up front. "
+            "Remove data.streaming (and data.validation_documents) from the recipe."
+        )
     train_files = expand_sources(data.train_files, "data.train_files", describe=describe)
     val_files = (
         expand_sources(data.validation_files, "data.validation_files", describe=describe)
@@ -348,13 +399,13 @@ def build_text_datasets(
             f"data: the training text has {report.tokens['train']} tokens, too few for one block; "
             "add data or lower data.block_size."
         )
-    dataset = DatasetDict({name: _blocks_dataset(array) for name, array in blocks.items()})
+    dataset = DatasetDict({name: blocks_dataset(array) for name, array in blocks.items()})
     if data.cache:
         _write_cache(dataset, report, cache_dir)
     return dataset, report
 
 
-def _blocks_dataset(blocks: np.ndarray):
+def blocks_dataset(blocks: np.ndarray):
     """A datasets.Dataset with one fixed-length `input_ids` row per block, built from Arrow directly."""
     import pyarrow as pa
     from datasets import Dataset

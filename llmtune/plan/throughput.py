@@ -59,7 +59,11 @@ def _train_rows(recipe, run: Run) -> tuple[int | None, str]:
     if getattr(data, "packing", False):
         return None, "steps per epoch with packing depend on token lengths"
     from llmtune.data.sources import BadRows, expand_sources, iter_json_rows
+    from llmtune.recipe.hub_dataset import is_reference
 
+    if any(is_reference(entry) for entry in data.train_files):
+        # plan reads configs only: loading a hub dataset could mean a download
+        return None, "hub datasets are not counted by plan (llmtune data check counts them)"
     try:
         files = expand_sources(data.train_files, "data.train_files", (".jsonl", ".json"))
     except LlmtuneError as exc:

@@ -71,6 +71,17 @@ class TextDataSection(Section):
     num_proc: int | None = Field(
         None, gt=0, description="Processes for tokenisation (datasets.map num_proc)."
     )
+    streaming: bool = Field(
+        False,
+        description="Read, clean, tokenise and pack the documents while training instead of up front (a "
+        "corpus too large to tokenise first); the run's length is then train.max_steps.",
+    )
+    validation_documents: int = Field(
+        0,
+        ge=0,
+        description="streaming: hold out the first N documents of the stream (after cleaning) for "
+        "validation; they are never trained on.",
+    )
 
     @model_validator(mode="after")
     def check_validation_source(self) -> TextDataSection:
@@ -79,7 +90,22 @@ class TextDataSection(Section):
                 "give data.validation_files or data.validation_split, not both "
                 "(validation_split holds out part of train_files)"
             )
-        if self.eval_train_blocks and not (self.validation_files or self.validation_split):
+        if self.streaming and self.validation_split > 0:
+            raise ValueError(
+                "data.validation_split needs every document before training starts, which a stream does not "
+                "read; with data.streaming use data.validation_documents: N (the first N documents of the "
+                "stream, never trained on) or data.validation_files"
+            )
+        if self.validation_documents and not self.streaming:
+            raise ValueError(
+                "data.validation_documents holds out the start of a stream; set data.streaming: true, or use "
+                "data.validation_split without streaming"
+            )
+        if self.validation_documents and self.validation_files:
+            raise ValueError("give data.validation_files or data.validation_documents, not both")
+        if self.eval_train_blocks and not (
+            self.validation_files or self.validation_split or self.validation_documents
+        ):
             raise ValueError(
                 "data.eval_train_blocks evaluates beside the validation data: give validation data too"
             )

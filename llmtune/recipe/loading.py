@@ -20,7 +20,9 @@ from llmtune.recipe.base import Recipe, input_path_kind, is_input_path, is_outpu
 from llmtune.recipe.compression import DistillRecipe, PruneRecipe
 from llmtune.recipe.eval import EvalRecipe, EvalSection
 from llmtune.recipe.export import ExportRecipe
-from llmtune.recipe.messages import describe_validation_error, format_problems
+from llmtune.recipe.hub_dataset import BadReference, looks_local, parse_reference, reference_from_mapping
+from llmtune.recipe.hub_dataset import is_reference as is_hub_reference
+from llmtune.recipe.messages import describe_validation_error, format_problems, llamafactory_message
 from llmtune.recipe.model import ModelSection
 from llmtune.recipe.recipes import DpoRecipe, NerRecipe, PretrainRecipe, SftRecipe
 from llmtune.recipe.train_keys import check_train_keys
@@ -111,17 +113,21 @@ def recipe_from_mapping(
 ) -> Recipe:
     """`load_recipe` for a mapping built in code (e.g. from command-line flags); paths relative to `base_dir`.
     `lines` (where each key was written, from the file) lets messages name the line."""
+    flat = llamafactory_message(raw, source)
+    if flat is not None:  # every key would be an "unknown section"; say what the file is instead
+        raise LlmtuneError(flat)
     given: dict[str, str] = {}
     variant = getattr(recipe_class, "variant", None)
     if variant is not None:  # one command, two shapes of data section (distill: text or chat)
         recipe_class = variant(raw, list(overrides or []))
-    _resolve_input_paths(raw, recipe_class, base_dir, given)
+    reference_problems: list[str] = []
+    _resolve_input_paths(raw, recipe_class, base_dir, given, reference_problems)
     override_keys: dict[str, str] = {}
     for item in overrides or []:
         key, value = _parse_override(item)
         override_keys[key] = item
         _check_override_path(key, recipe_class, item)
-        value = _absolute_override_path(key, value, recipe_class, given)
+        value = _absolute_override_path(key, value, recipe_class, given, reference_problems)
         _set_dotted(raw, key, value)
 
     _expand_output_paths(raw, recipe_class)
@@ -131,7 +137,7 @@ def recipe_from_mapping(
     # train.lr_scheduler_kwargs too). A non-finite float is reported here and not again by the type
     # checks below; a huge integer only where those checks (which know the key's own bound) are silent.
     non_finite, huge = _impossible_numbers(raw)
-    problems: list[str] = non_finite + _path_problems(raw, recipe_class, given)
+    problems: list[str] = non_finite + reference_problems + _path_problems(raw, recipe_class, given)
     reported = {_key_of(line) for line in non_finite}
     later: list[str] = []
     _move_legacy_train_keys(raw, recipe_class, notes, later)
@@ -232,10 +238,38 @@ def _resolve_one(value: Any, base_dir: Path, given: dict[str, str]) -> Any:
     return resolved
 
 
+def _resolve_input(value: Any, base_dir: Path, given: dict[str, str], where: str, problems: list[str]) -> Any:
+    """One input entry made ready for validation: a relative path made absolute against `base_dir`; a hub
+    dataset (`hf:...`, `ms:...`, or a `dataset:` mapping) checked and written in its canonical string form,
+    a local dataset folder in it made absolute. A problem is added to `problems` as "key: message"."""
+    if not is_hub_reference(value):
+        return _resolve_one(value, base_dir, given)
+    try:
+        if isinstance(value, dict):
+            ref = reference_from_mapping(value, lambda path: _resolve_one(path, base_dir, given))
+        else:
+            prefix, rest = value.split(":", 1)
+            name = rest.split("?", 1)[0].split("#", 1)[0]
+            if looks_local(name):  # hf:./saved-folder
+                value = f"{prefix}:{_resolve_one(name, base_dir, given)}{rest[len(name) :]}"
+            elif os.path.lexists(base_dir / value):
+                problems.append(
+                    f"{where}: {value!r} names a hub dataset, and a local file of that name exists too; "
+                    f"write './{value}' for the file, or move it"
+                )
+                return value
+            ref = parse_reference(value)
+    except BadReference as exc:
+        problems.append(f"{where}: {exc}")
+        return value if isinstance(value, str) else ""
+    return ref.canonical()
+
+
 def _resolve_input_paths(
-    raw: dict[str, Any], recipe_class: type[BaseModel], base_dir: Path, given: dict
+    raw: dict[str, Any], recipe_class: type[BaseModel], base_dir: Path, given: dict, problems: list[str]
 ) -> None:
-    """Make relative input paths written in the recipe file absolute, against the recipe's folder."""
+    """Make relative input paths written in the recipe file absolute, against the recipe's folder, and
+    hub dataset entries canonical (problems with them are added to `problems`)."""
     for section_name, section_value in raw.items():
         field = _section_field(recipe_class, section_name)
         section_class = submodel(field.annotation) if field else None
@@ -246,10 +280,16 @@ def _resolve_input_paths(
             if sub is None:
                 continue
             if is_input_path(sub):
+                where = f"{section_name}.{key}"
                 if isinstance(value, list):
-                    section_value[key] = [_resolve_one(v, base_dir, given) for v in value]
+                    section_value[key] = [
+                        _resolve_input(v, base_dir, given, f"{where}.{i}", problems)
+                        for i, v in enumerate(value)
+                    ]
+                elif isinstance(value, dict) and is_hub_reference(value):  # one mapping: a list of one
+                    section_value[key] = [_resolve_input(value, base_dir, given, where, problems)]
                 else:
-                    section_value[key] = _resolve_one(value, base_dir, given)
+                    section_value[key] = _resolve_input(value, base_dir, given, where, problems)
         # model.name_or_path / model.tokenizer may be hub ids: a relative value is a path only when it
         # exists beside the recipe or is written like one (./x, ../x).
         if section_class is ModelSection:
@@ -279,7 +319,9 @@ def _check_override_path(key: str, recipe_class: type[BaseModel], item: str) -> 
         )
 
 
-def _absolute_override_path(key: str, value: Any, recipe_class: type[BaseModel], given: dict) -> Any:
+def _absolute_override_path(
+    key: str, value: Any, recipe_class: type[BaseModel], given: dict, problems: list[str]
+) -> Any:
     parts = key.split(".")
     if len(parts) != 2:
         return value
@@ -294,14 +336,20 @@ def _absolute_override_path(key: str, value: Any, recipe_class: type[BaseModel],
         return value
     cwd = Path.cwd()
 
-    def absolute(v: Any) -> Any:
+    def absolute(v: Any, where: str = key) -> Any:
+        if is_input_path(sub) and is_hub_reference(v):
+            return _resolve_input(v, cwd, given, where, problems)
         if not isinstance(v, str) or not v:
             return v
         if is_model_path and not (_is_local_looking(v) or (cwd / v).exists()):
             return v  # a hub id or demo alias
         return _resolve_one(v, cwd, given)
 
-    return [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
+    if isinstance(value, list):
+        return [absolute(v, f"{key}.{i}") for i, v in enumerate(value)]
+    if isinstance(value, dict) and is_input_path(sub) and is_hub_reference(value):
+        return [absolute(value)]
+    return absolute(value)
 
 
 # ------------------------------------------------------------------------------------------ checks

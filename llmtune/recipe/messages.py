@@ -5,6 +5,7 @@ each value came from: the recipe file's line, or the `--set` that gave it."""
 from __future__ import annotations
 
 import re
+import shlex
 
 from pydantic import BaseModel, ValidationError
 
@@ -124,3 +125,18 @@ def _line_of(key: str | None, lines: Lines) -> str:
         if parts[:end] in lines:
             return f" line {lines[parts[:end]]}"
     return ""
+
+
+def llamafactory_message(raw: object, source: str) -> str | None:
+    """The error for a flat LLaMA-Factory recipe given where an llmtune recipe is expected (every key of it
+    would be an "unknown section"), or None for any other recipe."""
+    from llmtune.recipe.llamafactory import MARKER_KEYS, looks_like_llamafactory
+
+    if not looks_like_llamafactory(raw):
+        return None
+    keys = [key for key in MARKER_KEYS if key in raw]  # type: ignore[operator]
+    return (
+        f"recipe {source} looks like a LLaMA-Factory recipe (top-level {', '.join(keys)}), not an llmtune "
+        "one (model:, data:, peft:, train: sections). Convert it with: "
+        f"llmtune import-recipe {shlex.quote(source)} --out recipe.yaml"
+    )

@@ -72,6 +72,33 @@ class PretrainRecipe(Recipe):
             )
         return self
 
+    @model_validator(mode="after")
+    def check_streaming_schedule(self) -> PretrainRecipe:
+        if not self.data.streaming:
+            return self
+        train = self.train.trainer_kwargs()
+        max_steps = train.get("max_steps")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps <= 0:
+            given = "" if max_steps is None else f" (got {max_steps!r})"
+            epochs = " instead of train.num_train_epochs" if "num_train_epochs" in train else ""
+            raise ValueError(
+                f"data.streaming needs train.max_steps > 0{given}: a stream has no length to count epochs "
+                f"in, so the run lasts max_steps optimizer steps; set train.max_steps: N{epochs}"
+            )
+        for key in ("eval_strategy", "save_strategy", "logging_strategy"):
+            if str(train.get(key, "")).lower() == "epoch":
+                raise ValueError(
+                    f"train.{key} is 'epoch', but with data.streaming an epoch never ends (the stream starts "
+                    f"over by itself); use train.{key}: steps"
+                )
+        if int(train.get("dataloader_num_workers") or 0) > 0:
+            raise ValueError(
+                "train.dataloader_num_workers > 0 with data.streaming: each worker would read the whole "
+                "stream again and the checkpoint could not say where it stands; the stream is read in the "
+                "training process, so remove train.dataloader_num_workers"
+            )
+        return self
+
 
 class SftRecipe(Recipe):
     """`llmtune sft`: supervised fine-tuning on conversations with TRL's SFTTrainer."""

@@ -2,9 +2,12 @@
 
     llmtune pretrain --recipe recipes/pretrain/smollm2-135m-continued-lora.yaml
     llmtune pretrain --recipe recipes/pretrain/gpt2-124m-the-verdict.yaml --set train.num_train_epochs=1
+    llmtune pretrain --recipe recipes/pretrain/smollm2-135m-streaming.yaml
 
 Read top to bottom: run folder checked → tokenizer → data → (run folder opened) model (+ adapter) →
-Trainer → results.
+Trainer → results. With `data.streaming: true` the data is a stream read while training
+(data/text_stream.py): its report's counts are written when training ends, and each checkpoint keeps the
+stream's position for --resume.
 """
 
 from __future__ import annotations
@@ -46,13 +49,26 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
     # ---- inputs: tokenizer and data (before the run folder is touched, so bad input changes nothing)
     resolved = resolve_model_source(recipe.model)
     tokenizer = load_tokenizer(recipe.model, resolved)
-    datasets, report = build_text_datasets(
-        recipe.data, tokenizer, llmtune_home() / "cache", describe=recipe.describe_path
-    )
+    streaming = recipe.data.streaming
+    if streaming:
+        from llmtune.data.text_stream import build_streaming_datasets
+
+        datasets, report, stream_state = build_streaming_datasets(
+            recipe.data,
+            tokenizer,
+            describe=recipe.describe_path,
+            resume_from=folder.checkpoint,
+            restart=bool(train_kwargs.get("ignore_data_skip")),
+        )
+        data = {"streaming": True, "sources": report.sources, "file_bytes": report.file_bytes}
+    else:
+        datasets, report = build_text_datasets(
+            recipe.data, tokenizer, llmtune_home() / "cache", describe=recipe.describe_path
+        )
+        data = {"files": report.files, "cache_key": report.cache_key, "tokens": report.tokens}
     for line in report.lines():
         log.info(line)
 
-    data = {"files": report.files, "cache_key": report.cache_key, "tokens": report.tokens}
     with folder.open(
         recipe, data_report=report.to_dict(), data=data, log_lines=report.lines(), phases=TRAINING_PHASES
     ) as run:
@@ -90,11 +106,16 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
         eval_dataset = datasets["validation"] if has_eval else None
         stage_defaults = {}
         if has_eval and recipe.data.eval_train_blocks:
-            train_blocks = datasets["train"].select(
-                range(min(recipe.data.eval_train_blocks, len(datasets["train"])))
-            )
+            if streaming:
+                train_blocks = datasets["train"].head(recipe.data.eval_train_blocks)
+            else:
+                train_blocks = datasets["train"].select(
+                    range(min(recipe.data.eval_train_blocks, len(datasets["train"])))
+                )
             eval_dataset = {"validation": eval_dataset, "train": train_blocks}
             stage_defaults["metric_for_best_model"] = "eval_validation_loss"
+        if streaming and has_eval:
+            stage_defaults["eval_strategy"] = "steps"  # a stream's epoch never ends
         args, use_tensorboard = training_arguments(
             recipe,
             run.dir,
@@ -105,6 +126,11 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
         recorder, callbacks = standard_callbacks(
             run.dir, use_tensorboard=use_tensorboard, early_stopping=recipe.early_stopping
         )
+        if streaming:
+            # The stream starts where the checkpoint says (or, with train.ignore_data_skip, at the beginning);
+            # the Trainer must not also skip the batches trained before it.
+            args.ignore_data_skip = True
+            callbacks.append(stream_state)
         trainer = Trainer(
             model=model,
             args=args,
@@ -114,7 +140,14 @@ def run(recipe: PretrainRecipe, *, overwrite: bool = False, resume: bool = False
             processing_class=tokenizer,
             callbacks=callbacks,
         )
-        train_output = run_training(trainer, recipe, run)
+        train_output = run_training(
+            trainer, recipe, run, checkpoint_state=(stream_state,) if streaming else ()
+        )
+        if streaming:  # the counts a stream can give only once it has been read
+            report.count(datasets["train"].counts, stream_state.trained_blocks(trainer.state.global_step))
+            for line in report.lines():
+                log.info(line)
+            run.write_json("data_report.json", report.to_dict())
         save_trained(trainer, run)  # the trained weights first: what follows can be interrupted
 
         # ---- results

@@ -22,6 +22,7 @@ from llmtune.recipe import (
     SftRecipe,
     load_recipe,
 )
+from llmtune.recipe.hub_dataset import parse_reference
 from tests.conftest import REPO, tiny_pretrain_recipe
 
 SHIPPED = {
@@ -157,6 +158,24 @@ def test_missing_data_file_names_the_path_as_given(tmp_path, write_recipe, cli):
 def test_missing_recipe_option_is_a_usage_error(cli):
     result = cli("pretrain")
     assert result.exit_code == 2 and "--recipe" in result.stderr
+    assert "llmtune pretrain needs a recipe: llmtune pretrain RECIPE.yaml" in result.stderr
+
+
+def test_the_recipe_may_be_the_first_argument(tmp_path, write_recipe, cli):
+    """`llmtune sft recipe.yaml`, as LLaMA-Factory and axolotl users type, is `--recipe recipe.yaml`."""
+    path = str(write_recipe(tiny_pretrain_recipe(tmp_path)))
+    by_option = cli("pretrain", "--recipe", path, "--print-config", "--set", "data.block_size=32")
+    by_position = cli("pretrain", path, "--print-config", "--set", "data.block_size=32")
+    assert by_position.exit_code == 0 and by_position.stdout == by_option.stdout
+    assert "block_size: 32" in by_position.stdout
+    assert cli("pretrain", path, "--recipe", path, "--print-config").exit_code == 0  # the same file twice
+    both = cli("pretrain", path, "--recipe", str(tmp_path / "other.yaml"))
+    assert both.exit_code == 2 and "two recipes given" in both.stderr
+    assert cli("plan", path).exit_code == 0
+    assert "needs a recipe" in cli("data", "check").stderr
+    # lora-ner is a command group: `predict` stays its subcommand, and the group takes --recipe
+    assert cli("lora-ner", "predict", "--help").exit_code == 0
+    assert "needs --recipe" in cli("lora-ner").stderr
 
 
 @pytest.mark.parametrize(
@@ -172,6 +191,8 @@ def test_every_shipped_recipe_validates(path: Path):
     )
     assert str(path.relative_to(REPO)) in first_line
     for file in getattr(getattr(recipe, "data", None), "train_files", []):
+        if parse_reference(file) is not None:
+            continue  # a hub dataset: tests/unit/test_hub_datasets.py loads them from a cache
         written = next(
             (script for folder, script in WRITTEN_DATA.items() if Path(file).is_relative_to(folder)), None
         )
