@@ -90,8 +90,32 @@ def load_rows(ref: HubReference, key: str, *, streaming: bool = False):
 
 def hub_iterable(ref: HubReference, key: str):
     """The rows of `ref` as a `datasets.IterableDataset` (for streaming pretraining): read lazily, never
-    written out."""
-    return load_rows(ref, key, streaming=True)
+    written out. datasets streams whole splits only, so a slice is applied here with skip/take; it must be
+    absolute (`train[1000:5000]`), since a percentage or a negative index needs the split's length."""
+    import dataclasses
+
+    import datasets
+
+    parts = []
+    for part in ref.split.split("+"):
+        name, _, bounds = part.partition("[")
+        start, stop = _absolute_slice(ref, key, bounds.rstrip("]")) if bounds else (0, None)
+        rows = load_rows(dataclasses.replace(ref, split=name, limit=None), key, streaming=True)
+        rows = rows.skip(start) if start else rows
+        parts.append(rows.take(stop - start) if stop is not None else rows)
+    rows = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return rows.take(ref.limit) if ref.limit is not None else rows
+
+
+def _absolute_slice(ref: HubReference, key: str, bounds: str) -> tuple[int, int | None]:
+    start, _, stop = bounds.partition(":")
+    if "%" in bounds or start.startswith("-") or stop.startswith("-"):
+        raise LlmtuneError(
+            f"{key}: {ref.canonical()}: a streamed split takes absolute row ranges such as train[1000:5000] "
+            "(or a row limit, #N); a percentage or a negative index needs the split's length, which a stream "
+            "does not know."
+        )
+    return int(start or 0), (int(stop) if stop else None)
 
 
 def _cache_name(ref: HubReference) -> str:
@@ -261,8 +285,9 @@ def _not_available(ref: HubReference, key: str) -> LlmtuneError:
 def _cannot_select(ref: HubReference, key: str, exc: Exception, available: list[str] | None = None):
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     known = f" Splits there: {', '.join(available)}." if available else ""
+    subset = f"subset {ref.subset!r}, " if ref.subset else ""
     return LlmtuneError(
-        f"{key}: {ref.canonical()}: cannot select subset {ref.subset!r}, split {ref.split!r}: {detail}.{known}",
+        f"{key}: {ref.canonical()}: cannot select {subset}split {ref.split!r}: {detail}.{known}",
         hint="Check the subset (`?subset=` / `subset:`) and split (`?split=` / `split:`) names on the "
         "dataset's page, e.g. split=train[:500].",
     )

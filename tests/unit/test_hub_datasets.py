@@ -10,6 +10,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llmtune.errors import LlmtuneError
@@ -355,3 +356,45 @@ def test_preference_pairs_and_rl_prompts_from_saved_datasets(tmp_path, gpt2_toke
     data = PromptDataSection(train_files=[f"hf:{tmp_path / 'problems'}#4"], template="chatml")
     prompts, report = load_prompts(copy.deepcopy(gpt2_tokenizer), data)  # the template is set on it
     assert [row["answer"] for row in prompts["train"]] == ["0", "2", "4", "6"]
+
+
+def test_a_streamed_hub_dataset_gives_map_style_blocks_of_the_same_rows(
+    hf_cache, tmp_path, gpt2_tokenizer, llmtune_home
+):
+    """Streaming pretraining reads a cached hub dataset lazily (a slice applied with skip/take) and packs
+    exactly the blocks map-style builds from the same rows."""
+    import itertools
+
+    from llmtune.data.text import build_text_datasets
+    from llmtune.data.text_stream import StreamPosition, build_streaming_datasets
+    from llmtune.recipe import TextDataSection
+
+    docs = [
+        {"text": f"Document {i} says the river in town {i} rose by {i % 7} feet overnight."}
+        for i in range(60)
+    ]
+    hub_snapshot(hf_cache, "corpus/rivers", {"train.jsonl": jsonl(docs)})
+    entry = "hf:corpus/rivers?split=train[5:45]#30"  # rows 5..34
+    mapped, _ = build_text_datasets(
+        TextDataSection(train_files=[entry], block_size=16, cache=False), gpt2_tokenizer, tmp_path
+    )
+    expected = np.asarray(mapped["train"]["input_ids"])
+    written = sorted(llmtune_home.glob("cache/hub-datasets/**/*.jsonl"))
+    assert len(written) == 1  # map-style's file
+    streamed, _, _ = build_streaming_datasets(
+        TextDataSection(train_files=[entry], block_size=16, streaming=True), gpt2_tokenizer
+    )
+    stream = streamed["train"]
+    blocks = [
+        block
+        for block, _ in itertools.islice(stream.blocks(StreamPosition(), stream.new_counts()), len(expected))
+    ]
+    assert np.array_equal(np.stack(blocks), expected)
+    assert sorted(llmtune_home.glob("cache/hub-datasets/**/*.jsonl")) == written  # the stream wrote nothing
+    with pytest.raises(LlmtuneError, match="a streamed split takes absolute row ranges"):
+        build_streaming_datasets(
+            TextDataSection(
+                train_files=["hf:corpus/rivers?split=train[-10:]"], block_size=16, streaming=True
+            ),
+            gpt2_tokenizer,
+        )
