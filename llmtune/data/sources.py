@@ -12,6 +12,7 @@ through), and a file reached twice (a link, a repeated entry) is read once.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import fnmatch
 import glob
@@ -128,8 +129,11 @@ def stat_input(path: Path, key: str | None = None, shown: str | None = None) -> 
         raise LlmtuneError(f"{_prefix(key)}cannot read {shown}: {exc.strerror}.") from None
 
 
-def check_regular(path: Path, info: os.stat_result, key: str | None = None, shown: str | None = None) -> None:
-    """An error unless `info` (of `path`) is a readable regular file of a size that can be read whole."""
+def check_regular(
+    path: Path, info: os.stat_result, key: str | None = None, shown: str | None = None, *, whole: bool = True
+) -> None:
+    """An error unless `info` (of `path`) is a readable regular file of a size that can be read whole
+    (`whole=False`: of any size, for readers that stream it)."""
     shown = shown or f"'{path}'"
     if not stat.S_ISREG(info.st_mode):
         kind = file_kind(info.st_mode)
@@ -138,7 +142,7 @@ def check_regular(path: Path, info: os.stat_result, key: str | None = None, show
             f"{_prefix(key)}{shown} is {what}; llmtune reads data from regular files "
             "(save the data to a file and name that file)."
         )
-    if info.st_size > max_read_bytes():
+    if whole and info.st_size > max_read_bytes():
         raise LlmtuneError(
             f"{_prefix(key)}{shown} is {_size(info.st_size)}, more than half of this machine's memory "
             f"({_size(physical_memory() or 0)}); llmtune reads a data file whole, so it cannot read this "
@@ -150,18 +154,19 @@ def check_regular(path: Path, info: os.stat_result, key: str | None = None, show
         )
 
 
-def open_regular(path: Path, key: str | None = None):
+def open_regular(path: Path, key: str | None = None, *, whole: bool = True):
     """`path` opened for binary reading, only when it is a regular file. Opened non-blocking and checked
-    on the descriptor, so that even a path swapped for a FIFO after an earlier check cannot block."""
+    on the descriptor, so that even a path swapped for a FIFO after an earlier check cannot block.
+    `whole=False`: the caller streams the file, so its size is not limited."""
     path = Path(path)
     info = stat_input(path, key)
-    check_regular(path, info, key)
+    check_regular(path, info, key, whole=whole)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise LlmtuneError(f"{_prefix(key)}cannot open '{path}': {exc.strerror}.") from None
     try:
-        check_regular(path, os.fstat(fd), key)
+        check_regular(path, os.fstat(fd), key, whole=whole)
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -217,6 +222,81 @@ def read_text_file(path: Path, key: str | None = None) -> str:
             f"{exc.start}); convert the file to UTF-8 (e.g. iconv -f <encoding> -t utf-8)."
         ) from None
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def iter_text_chunks(path: Path, key: str | None = None, chunk_bytes: int = 1 << 20) -> Iterator[str]:
+    """The file as UTF-8 text, as `read_text_file` reads it (a leading BOM dropped, a NUL byte in the first
+    8000 bytes means binary, a bad byte is named by line and offset), but in chunks, never holding more
+    than one: for streamed corpora larger than memory."""
+    path = Path(path)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0
+    started = False
+    try:
+        with open_regular(path, key, whole=False) as handle:
+            while True:
+                raw = handle.read(chunk_bytes)
+                if offset < BINARY_SNIFF_BYTES:
+                    nul = raw.find(b"\x00", 0, BINARY_SNIFF_BYTES - offset)
+                    if nul >= 0:
+                        line = lines + raw[:nul].count(b"\n") + 1
+                        raise LlmtuneError(
+                            f"{_prefix(key)}{path} line {line}: a binary file, "
+                            f"not text (NUL byte at offset {offset + nul}); give a UTF-8 text file (UTF-16 "
+                            "text converts with iconv -f utf-16 -t utf-8)."
+                        )
+                pending = decoder.getstate()[0]  # the bytes of a character split by the last chunk
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as exc:
+                    data = pending + raw
+                    line = lines + data[: exc.start].count(b"\n") + 1
+                    at = offset - len(pending) + exc.start
+                    raise LlmtuneError(
+                        f"{_prefix(key)}{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                        f"offset {at}); convert the file to UTF-8 (e.g. iconv -f <encoding> -t utf-8)."
+                    ) from None
+                if not started and text:  # the first character decoded (a BOM can span several chunks)
+                    started = True
+                    text = text[1:] if text.startswith("\ufeff") else text
+                lines += raw.count(b"\n")
+                offset += len(raw)
+                if text:
+                    yield text
+                if not raw:
+                    return
+    except OSError as exc:
+        raise LlmtuneError(f"{_prefix(key)}cannot read '{path}': {exc.strerror or exc}.") from None
+
+
+def iter_lines(path: Path, key: str | None = None, chunk_bytes: int = 1 << 20) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file read in chunks: the lines `split_lines` gives (split on "\n"
+    only, a trailing "\r" dropped), the last one included even when empty."""
+    rest = ""
+    number = 0
+    for chunk in iter_text_chunks(path, key, chunk_bytes):
+        *complete, rest = (rest + chunk).split("\n")
+        for line in complete:
+            number += 1
+            yield number, line[:-1] if line.endswith("\r") else line
+    yield number + 1, rest[:-1] if rest.endswith("\r") else rest
+
+
+def iter_json_lines(
+    path: Path, on_bad_rows: str, bad: BadRows, key: str | None = "data.on_bad_rows"
+) -> Iterator[tuple[str, dict]]:
+    """`iter_json_rows` of a .jsonl file, read a line at a time (any size)."""
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        row, problem = _parse_json(line)
+        if problem is None and not isinstance(row, dict):
+            problem = f"not a JSON object ({type(row).__name__})"
+        if problem is not None:
+            report_bad_row(where, problem, on_bad_rows, bad, key)
+            continue
+        yield where, row
 
 
 def read_json_file(path: Path, *, what: str, hint: str):
@@ -366,10 +446,16 @@ def _hub_dataset_file(entry: str, key: str, suffixes: tuple[str, ...]) -> Path |
 
 
 def expand_sources(
-    entries: list[str], key: str, suffixes: tuple[str, ...] = TEXT_SUFFIXES, describe=None
+    entries: list[str],
+    key: str,
+    suffixes: tuple[str, ...] = TEXT_SUFFIXES,
+    describe=None,
+    *,
+    whole: bool = True,
 ) -> list[Path]:
     """Regular files named by `entries` (paths, folders searched recursively, or glob patterns), in a
-    stable order, each real file once; anything else named or found is an error saying what it is."""
+    stable order, each real file once; anything else named or found is an error saying what it is.
+    `whole=False`: the files are streamed, so their size is not limited by this machine's memory."""
     describe = describe or (lambda p: f"'{p}'")
     files: list[Path] = []
     for entry in entries:
@@ -385,7 +471,7 @@ def expand_sources(
         else:
             info = stat_input(path, key, describe(entry))
             if not stat.S_ISDIR(info.st_mode):
-                check_regular(path, info, key, describe(entry))
+                check_regular(path, info, key, describe(entry), whole=whole)
                 files.append(path)
                 continue
             walk = _folder_files(path, suffixes)
@@ -415,7 +501,7 @@ def expand_sources(
                 f"{key}: {file} has an unsupported extension; expected one of {', '.join(suffixes)}."
             )
         info = stat_input(file, key)
-        check_regular(file, info, key)
+        check_regular(file, info, key, whole=whole)
         first = kept.setdefault(_identity(info), file)
         if first is not file and first != file:
             repeated.append((file, first))

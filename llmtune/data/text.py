@@ -33,7 +33,10 @@ from llmtune.data.sources import (
     BadRows,
     expand_sources,
     file_sha256,
+    iter_json_lines,
     iter_json_rows,
+    iter_lines,
+    iter_text_chunks,
     read_text_file,
     report_bad_row,
     split_lines,
@@ -129,6 +132,42 @@ def file_documents(path: Path, data: TextDataSection, bad: BadRows) -> Iterator[
             yield text
 
 
+def stream_file_documents(path: Path, data: TextDataSection, bad: BadRows) -> Iterator[str]:
+    """`file_documents`, read in chunks where the format allows (for streaming, any file size): .jsonl rows
+    and .txt lines or paragraphs. A .json list, and a .txt file that is one document, are read whole."""
+    if path.suffix == ".jsonl":
+        for where, row in iter_json_lines(path, data.on_bad_rows, bad):
+            text = row_text(where, row, data, bad)
+            if text is not None:
+                yield text
+    elif path.suffix == ".txt" and data.txt_document == "line":
+        yield from (line for _, line in iter_lines(path) if line.strip())
+    elif path.suffix == ".txt" and data.txt_document == "paragraph":
+        yield from stream_paragraphs(iter_text_chunks(path))
+    else:
+        yield from file_documents(path, data, bad)
+
+
+PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_NOT_SPACE = re.compile(r"\S")
+
+
+def stream_paragraphs(chunks) -> Iterator[str]:
+    """`split_txt(text, "paragraph")` of the text the chunks join into, without joining them: a break is
+    cut off once the run of whitespace it ends in is closed by a later character (until then, more blank
+    lines could still join it), so the paragraphs are exactly those of re.split on the whole text."""
+    buffer = ""
+    for chunk in chunks:
+        buffer += chunk
+        start = 0
+        while (found := PARAGRAPH_BREAK.search(buffer, start)) and _NOT_SPACE.search(buffer, found.end()):
+            if buffer[start : found.start()].strip():
+                yield buffer[start : found.start()]
+            start = found.end()
+        buffer = buffer[start:]
+    yield from (paragraph for paragraph in PARAGRAPH_BREAK.split(buffer) if paragraph.strip())
+
+
 def row_text(where: str, row: dict, data: TextDataSection, bad: BadRows) -> str | None:
     """A row's `data.text_field`, or None after reporting the row as bad (an error, or counted)."""
     value = row.get(data.text_field)
@@ -149,7 +188,7 @@ def split_txt(text: str, unit: str) -> list[str]:
     if unit == "file":
         return [text]
     if unit == "paragraph":
-        return [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+        return [p for p in PARAGRAPH_BREAK.split(text) if p.strip()]
     return [line for line in split_lines(text) if line.strip()]  # "\n" only: see split_lines
 
 

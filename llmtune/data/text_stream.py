@@ -3,7 +3,8 @@ packed into blocks while the model trains, so a corpus too large to tokenise up 
 block on.
 
     sources     what map-style reads (.txt per data.txt_document, the text_field of .jsonl/.json rows), in
-                the order the recipe names them, one file in memory at a time; a hub entry
+                the order the recipe names them, .jsonl rows and .txt lines/paragraphs read in chunks (files
+                of any size; text.stream_file_documents); a hub entry
                 (hf:owner/name?split=...) is streamed row by row through hub_iterable, never downloaded whole
     cleaning    data.clean one document at a time (text.DocumentCleaner); de-duplication keeps a 16-byte
                 digest per document and starts over with each pass over the corpus
@@ -58,10 +59,10 @@ from llmtune.data.text import (
     TextDataReport,
     blocks_dataset,
     clean_documents,
-    file_documents,
     pack_into_blocks,
     read_documents,
     row_text,
+    stream_file_documents,
     tokenize_documents,
     tokenizer_fingerprint,
 )
@@ -124,11 +125,11 @@ def stream_sources(entries: list[str], key: str, describe=None) -> list[Path | H
             paths.append(entry)
             continue
         if paths:
-            sources.extend(expand_sources(paths, key, describe=describe))
+            sources.extend(expand_sources(paths, key, describe=describe, whole=False))
             paths = []
         sources.append(reference)
     if paths:
-        sources.extend(expand_sources(paths, key, describe=describe))
+        sources.extend(expand_sources(paths, key, describe=describe, whole=False))
     return sources
 
 
@@ -251,7 +252,7 @@ class TextStream(IterableDataset):
         """One pass over the sources: every document as read (empty ones included)."""
         for source in self.sources:
             if isinstance(source, Path):
-                yield from file_documents(source, self.data, bad)
+                yield from stream_file_documents(source, self.data, bad)
                 continue
             for index, row in enumerate(hub_rows(source, "data.train_files"), start=1):
                 where = f"{source.shown()} row {index}"

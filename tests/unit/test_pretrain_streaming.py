@@ -11,6 +11,8 @@ import types
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmtune.data.text import build_text_datasets
 from llmtune.data.text_stream import STATE_FILE, StreamPosition, build_streaming_datasets
@@ -336,3 +338,75 @@ def test_resume_of_a_streaming_run_gives_the_uninterrupted_losses(tmp_path, writ
     losses = lambda run: [row["loss"] for row in read_json(tmp_path / run / "metrics.json")["train"]]  # noqa: E731
     assert len(losses("part")) == 34
     assert losses("part") == pytest.approx(losses("full"), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ files of any size
+# The streaming path reads .jsonl rows and .txt lines or paragraphs in chunks, so a file larger than memory
+# streams; what it reads must be exactly what map-style's whole-file readers read.
+_TEXT = st.text(alphabet=st.sampled_from(list("ab \t\n\r\n\né中🙂")), max_size=200)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=_TEXT, cuts=st.lists(st.integers(0, 200), max_size=8))
+def test_paragraphs_read_in_chunks_are_the_whole_text_paragraphs(text, cuts):
+    from llmtune.data.text import split_txt, stream_paragraphs
+
+    bounds = sorted({0, len(text), *(min(c, len(text)) for c in cuts)})
+    chunks = [text[a:b] for a, b in itertools.pairwise(bounds)]
+    assert list(stream_paragraphs(chunks)) == split_txt(text, "paragraph")
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=_TEXT, chunk_bytes=st.integers(1, 9))
+def test_text_and_lines_read_in_chunks_are_the_whole_file_read(tmp_path_factory, text, chunk_bytes):
+    from llmtune.data.sources import iter_lines, iter_text_chunks, read_text_file, split_lines
+
+    path = tmp_path_factory.mktemp("chunks") / "t.txt"
+    path.write_bytes(("\ufeff" + text).encode("utf-8"))  # a BOM too, and characters split across chunks
+    assert "".join(iter_text_chunks(path, chunk_bytes=chunk_bytes)) == read_text_file(path) == text
+    assert [line for _, line in iter_lines(path, chunk_bytes=chunk_bytes)] == split_lines(text)
+
+
+def test_a_bad_byte_deep_in_a_streamed_file_is_named_as_the_whole_file_reader_names_it(tmp_path):
+    from llmtune.data.sources import iter_lines, read_text_file
+
+    path = tmp_path / "bad.txt"
+    path.write_bytes(("line\n" * 5000).encode() + b"caf\xe9\n" + b"more\n")
+    with pytest.raises(LlmtuneError) as whole:
+        read_text_file(path)
+    with pytest.raises(LlmtuneError) as streamed:
+        list(iter_lines(path, chunk_bytes=1000))
+    assert streamed.value.message == whole.value.message
+    assert "line 5001: not UTF-8 text (byte 0xe9 at offset 25003)" in streamed.value.message
+
+
+def test_a_file_larger_than_map_style_can_read_streams(gpt2_tokenizer, tmp_path, monkeypatch):
+    """map-style refuses a file over half the memory (it reads files whole); the stream reads it in chunks
+    and packs the same blocks map-style builds when it may read it."""
+    import llmtune.data.sources as sources
+
+    rows = write_jsonl(
+        tmp_path / "big.jsonl", [{"text": f"Row {i} of a corpus that is large."} for i in range(300)]
+    )
+    options = dict(train_files=[str(ARTICLE), str(rows)], txt_document="paragraph", block_size=32)
+    mapped, _ = build_text_datasets(TextDataSection(**options, cache=False), gpt2_tokenizer, tmp_path)
+    expected = np.asarray(mapped["train"]["input_ids"])
+    monkeypatch.setattr(sources, "max_read_bytes", lambda: 4096)  # both files are larger than this now
+    with pytest.raises(LlmtuneError, match="more than half of this machine's memory"):
+        build_text_datasets(TextDataSection(**options, cache=False), gpt2_tokenizer, tmp_path)
+    datasets, _, _ = build_streaming_datasets(TextDataSection(**options, streaming=True), gpt2_tokenizer)
+    got = stream_blocks(datasets["train"], len(expected))
+    np.testing.assert_array_equal(np.stack([b for b, _ in got]), expected)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 1 << 20])
+def test_a_binary_file_is_refused_by_the_streamed_reader_as_by_the_whole_one(tmp_path, chunk_bytes):
+    from llmtune.data.sources import iter_lines, read_text_file
+
+    path = tmp_path / "utf16.txt"
+    path.write_bytes("line one\nline two\n".encode("utf-16-le"))
+    with pytest.raises(LlmtuneError) as whole:
+        read_text_file(path)
+    with pytest.raises(LlmtuneError) as streamed:
+        list(iter_lines(path, chunk_bytes=chunk_bytes))
+    assert streamed.value.message == whole.value.message and "a binary file, not text" in whole.value.message
