@@ -71,7 +71,7 @@ WHY_NOT: dict[str, str] = {
     "overwrite_output_dir": "llmtune never replaces a run folder silently; pass --overwrite on the command line",
     "preprocessing_batch_size": "llmtune tokenises chat data itself",
     "tokenized_path": "llmtune keeps its tokenised cache in $LLMTUNE_HOME/cache",
-    "streaming": "llmtune reads the whole data set (hub data sets through `datasets`, cached)",
+    "streaming": "llmtune streams pretraining text only (pretrain's data.streaming); chat data is read whole",
     "buffer_size": "only used with streaming",
     "ignore_pad_token_for_loss": "llmtune never computes loss on padding",
     "mask_history": "llmtune trains on every assistant turn (data.train_on_prompt trains on everything)",
@@ -616,7 +616,25 @@ def _data(conversion: Conversion, todo: dict, command: str, catalog, place, use_
     if eval_sources:
         put("data", "validation_files", [s.entry for s in eval_sources], "LLaMA-Factory eval_dataset")
     val_size = take("val_size", None)
-    if val_size:
+    streaming = command == "pretrain" and todo.get("streaming") is True
+    if streaming:
+        take("streaming")
+        put(
+            "data",
+            "streaming",
+            True,
+            "LLaMA-Factory streaming: read and packed while training (needs max_steps)",
+        )
+        buffer = take("buffer_size", None)
+        if buffer is not None:
+            conversion.skip("buffer_size", buffer, "llmtune's stream keeps file order (no shuffle buffer)")
+    if val_size and streaming and not eval_sources:
+        # With streaming, LLaMA-Factory's val_size is a number of examples taken from the stream's head.
+        if isinstance(val_size, int) and not isinstance(val_size, bool) and val_size >= 1:
+            put("data", "validation_documents", val_size, "LLaMA-Factory val_size with streaming")
+        else:
+            conversion.skip("val_size", val_size, "with streaming, a whole number of documents held out")
+    elif val_size:
         if eval_sources:
             conversion.skip("val_size", val_size, "eval_dataset is given (llmtune takes one or the other)")
         elif 0 < val_size < 1:

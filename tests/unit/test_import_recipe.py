@@ -191,6 +191,20 @@ def test_pretrain_maps_cutoff_to_block_size(lf_repo, cli):
     assert "#   max_samples: 1000 — " in (lf_repo / "recipe.yaml").read_text(encoding="utf-8")
 
 
+def test_a_streaming_pretrain_recipe_streams(lf_repo, cli):
+    """LLaMA-Factory's `streaming: true` (with max_steps, and val_size as a number of examples) becomes
+    data.streaming with data.validation_documents."""
+    source = lf_repo / "examples" / "train_lora" / "llama3_lora_pretrain.yaml"
+    text = source.read_text(encoding="utf-8").replace("num_train_epochs: 3.0", "max_steps: 1000")
+    (lf_repo / "streamed.yaml").write_text(text + "streaming: true\nbuffer_size: 16384\nval_size: 50\n")
+    recipe = imported(cli, "streamed.yaml", "recipe.yaml")
+    assert recipe["data"]["streaming"] is True and recipe["data"]["validation_documents"] == 50
+    assert recipe["train"]["max_steps"] == 1000
+    written = (lf_repo / "recipe.yaml").read_text(encoding="utf-8")
+    assert "#   buffer_size: 16384 — llmtune's stream keeps file order" in written
+    load_recipe(lf_repo / "recipe.yaml", "pretrain")
+
+
 def test_full_sft_with_deepspeed_and_sharegpt_tools(lf_repo, cli):
     recipe = imported(cli, "examples/train_full/llama3_full_sft.yaml", "recipe.yaml")
     assert recipe["peft"] == {"method": "none"}
