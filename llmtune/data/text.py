@@ -85,13 +85,7 @@ class TextDataReport:
         ]
         if self.empty_documents:
             out.append(f"  empty documents skipped: {self.empty_documents:,}")
-        for reason, count in self.skipped_rows.items():
-            out.append(
-                f"  bad rows skipped ({reason}): {count:,}, first at {self.skipped_examples.get(reason, '?')}"
-            )
-        for step in self.cleaning:
-            verb = "changed" if "changed" in step else "removed"
-            out.append(f"  clean {step['step']}: {step[verb]:,} documents {verb}")
+        out += skip_and_clean_lines(self.skipped_rows, self.skipped_examples, self.cleaning)
         out.append(f"  split: {self.split}")
         for name in self.tokens:
             dropped = self.dropped_tail_tokens.get(name, 0)
@@ -110,6 +104,18 @@ class TextDataReport:
 
 
 # ------------------------------------------------------------------------------------------ reading
+def skip_and_clean_lines(skipped_rows: dict, skipped_examples: dict, cleaning: list[dict]) -> list[str]:
+    """The report lines for bad rows skipped and for each cleaning step (map-style and streaming)."""
+    out = [
+        f"  bad rows skipped ({reason}): {count:,}, first at {skipped_examples.get(reason, '?')}"
+        for reason, count in skipped_rows.items()
+    ]
+    for step in cleaning:
+        verb = "changed" if "changed" in step else "removed"
+        out.append(f"  clean {step['step']}: {step[verb]:,} documents {verb}")
+    return out
+
+
 def read_documents(
     files: list[Path], data: TextDataSection, bad: BadRows, report: TextDataReport
 ) -> list[str]:

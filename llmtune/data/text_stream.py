@@ -62,6 +62,7 @@ from llmtune.data.text import (
     pack_into_blocks,
     read_documents,
     row_text,
+    skip_and_clean_lines,
     stream_file_documents,
     tokenize_documents,
     tokenizer_fingerprint,
@@ -492,13 +493,7 @@ class StreamReport:
                 else ""
             )
         )
-        for reason, count in self.skipped_rows.items():
-            out.append(
-                f"  bad rows skipped ({reason}): {count:,}, first at {self.skipped_examples.get(reason, '?')}"
-            )
-        for step in self.cleaning:
-            verb = "changed" if "changed" in step else "removed"
-            out.append(f"  clean {step['step']}: {step[verb]:,} documents {verb}")
+        out += skip_and_clean_lines(self.skipped_rows, self.skipped_examples, self.cleaning)
         out.append(
             f"  train: {self.documents_tokenised:,} documents, {self.tokens:,} tokens → {self.blocks_read:,} blocks "
             f"read ({self.blocks_trained:,} trained, the rest read ahead)"

@@ -328,15 +328,20 @@ def load_yaml_file(path: str | os.PathLike) -> dict[str, Any]:
     return load_yaml_file_with_lines(path)[0]
 
 
-def load_yaml_file_with_lines(path: str | os.PathLike) -> tuple[dict[str, Any], Lines]:
-    """`load_yaml_file`, and the line each key was written on."""
+def load_yaml_file_with_lines(
+    path: str | os.PathLike,
+    what: str = "recipe",
+    expected: str = "a YAML mapping of sections (model:, data:, train: ...)",
+) -> tuple[dict[str, Any], Lines]:
+    """`load_yaml_file`, and the line each key was written on. `what` names the file in messages and
+    `expected` says what its top level must be (import-recipe reads LLaMA-Factory's flat YAML with it)."""
     path = Path(os.path.expanduser(path))  # `--recipe '~/r.yaml'` quoted past the shell
-    raw = read_regular_file(path, "recipe", MAX_RECIPE_BYTES, "YAML file")
+    raw = read_regular_file(path, what, MAX_RECIPE_BYTES, "YAML file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise LlmtuneError(
-            f"recipe {path} is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}); save it as UTF-8."
+            f"{what} {path} is not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}); save it as UTF-8."
         ) from None
     try:
         data, lines = load_yaml_with_lines(text)
@@ -344,17 +349,14 @@ def load_yaml_file_with_lines(path: str | os.PathLike) -> tuple[dict[str, Any], 
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise LlmtuneError(f"recipe {path}{where}: invalid YAML: {shown(problem, 200)}.") from None
+        raise LlmtuneError(f"{what} {path}{where}: invalid YAML: {shown(problem, 200)}.") from None
     except YamlLimitError as exc:
         where = f" line {exc.line}" if exc.line else ""
-        raise LlmtuneError(f"recipe {path}{where}: {exc.problem}.") from None
+        raise LlmtuneError(f"{what} {path}{where}: {exc.problem}.") from None
     if data is None:
-        raise LlmtuneError(f"recipe {path} is empty; it needs at least the model, data and train sections.")
+        raise LlmtuneError(f"{what} {path} is empty; it must be {expected}.")
     if not isinstance(data, dict):
-        raise LlmtuneError(
-            f"recipe {path} must be a YAML mapping of sections (model:, data:, train: ...), "
-            f"but its top level is a {type(data).__name__}."
-        )
+        raise LlmtuneError(f"{what} {path} must be {expected}, but its top level is a {type(data).__name__}.")
     return data, lines
 
 

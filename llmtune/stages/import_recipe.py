@@ -111,37 +111,22 @@ def _refuse_existing(shown: str) -> None:
 
 def _read(path: Path) -> tuple[dict, dict]:
     """The LLaMA-Factory YAML as a mapping (YAML 1.2, bounded like a recipe), and each key's line."""
-    import yaml
+    from llmtune.recipe.yaml12 import load_yaml_file_with_lines
 
-    from llmtune.recipe.yaml12 import (
-        MAX_RECIPE_BYTES,
-        YamlLimitError,
-        load_yaml_with_lines,
-        read_regular_file,
-        shown,
+    data, lines = load_yaml_file_with_lines(
+        path,
+        "LLaMA-Factory recipe",
+        "a mapping of keys (stage, model_name_or_path, dataset, ...), a LLaMA-Factory training recipe",
     )
-
-    what = f"LLaMA-Factory recipe {path}"
-    raw = read_regular_file(path, "LLaMA-Factory recipe", MAX_RECIPE_BYTES, "YAML file")
-    try:
-        data, lines = load_yaml_with_lines(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise LlmtuneError(f"{what} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise LlmtuneError(f"{what}{at}: invalid YAML: {shown(problem, 200)}.") from None
-    except YamlLimitError as exc:
-        raise LlmtuneError(f"{what}{f' line {exc.line}' if exc.line else ''}: {exc.problem}.") from None
-    if not isinstance(data, dict) or not data:
-        kind = "empty" if not data else f"a {type(data).__name__}"
+    if not data:
         raise LlmtuneError(
-            f"{what} is {kind}; a LLaMA-Factory training recipe is a mapping of keys "
+            f"LLaMA-Factory recipe {path} is an empty mapping; a LLaMA-Factory training recipe has keys "
             "(stage, model_name_or_path, dataset, ...)."
         )
     if "model" in data and "train" in data and "stage" not in data:
-        raise LlmtuneError(f"{what} looks like an llmtune recipe already (model:, train: sections).")
+        raise LlmtuneError(
+            f"LLaMA-Factory recipe {path} looks like an llmtune recipe already (model:, train: sections)."
+        )
     return data, lines
 
 
